@@ -140,6 +140,20 @@ impl PublicKey {
     }
 }
 
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// Keys are ordered by their bytes, so they can key a `BTreeMap` and so two
+/// hosts agree on which of them is "lower" (used to break ties).
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_bytes().cmp(other.as_bytes())
+    }
+}
+
 impl FromStr for PublicKey {
     type Err = KeyError;
 
