@@ -13,11 +13,14 @@
 //!   aloud, the host identity and its key file, signature contexts.
 //! - [`address`]: address classes (public, CGNAT, private, ...) and
 //!   connection candidates.
+//! - [`mail`]: plausible mail addresses (`local@domain`, header-safe).
 
 pub mod address;
 pub mod key;
+pub mod mail;
 pub mod name;
 
 pub use address::{AddressClass, Candidate, CandidateKind};
 pub use key::{Fingerprint, Identity, IdentityError, KeyError, PublicKey, SignatureContext};
+pub use mail::{MailAddress, MailAddressError};
 pub use name::{NameError, PeerName, ServiceName};
