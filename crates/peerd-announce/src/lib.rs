@@ -21,6 +21,15 @@ pub mod seal;
 pub mod sequence;
 pub mod verify;
 
+#[cfg(fuzzing)]
+#[allow(
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::cast_possible_truncation
+)]
+pub mod fuzzing;
+
 use std::time::{Duration, SystemTime};
 
 pub use mail::{MailHeaders, new_message_id, plain_mail, sealed_mail};

@@ -103,6 +103,8 @@ fn the_vector_is_reproduced_byte_for_byte() {
     let dir = data_dir("vector");
     let files = [
         ("payload.hex", hex_lines(&v.payload).into_bytes()),
+        // raw, as a seed for the `payload` fuzz target
+        ("payload.bin", v.payload.clone()),
         ("envelope.hex", hex_lines(&v.envelope).into_bytes()),
         ("announcement.eml", v.eml.clone()),
     ];
