@@ -59,7 +59,7 @@ fn main() {
     let mail = sealed_mail(&headers, &seal(&alice, &message).unwrap()).unwrap();
     let book = [KnownPeer {
         name: "alice".parse().unwrap(),
-        email: "alice@isp-a.test".into(),
+        email: "alice@isp-a.test".parse().unwrap(),
         key: Some(alice.public_key()),
         accept_unsigned: false,
     }];

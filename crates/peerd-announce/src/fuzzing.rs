@@ -33,13 +33,13 @@ impl World {
             let book = vec![
                 KnownPeer {
                     name: "alice".parse().expect("valid name"),
-                    email: "alice@isp-a.test".into(),
+                    email: "alice@isp-a.test".parse().expect("valid address"),
                     key: Some(alice.public_key()),
                     accept_unsigned: false,
                 },
                 KnownPeer {
                     name: "oldbox".parse().expect("valid name"),
-                    email: "oldbox@example.org".into(),
+                    email: "oldbox@example.org".parse().expect("valid address"),
                     key: Some(oldbox.public_key()),
                     accept_unsigned: true,
                 },

@@ -10,7 +10,7 @@
 //!
 //! # Layout
 //! - [`message`]: the signed payload, its binary layout and kinds.
-//! - [`seal`]: HPKE sealing to the recipient, the envelope layout.
+//! - [`seal`](mod@seal): HPKE sealing to the recipient, the envelope layout.
 //! - [`mail`]: the RFC 5322 mail around it; plain mail for `plain` peers.
 //! - [`verify`]: receiving: every check, in order, and their outcomes.
 //! - [`sequence`]: sequence numbers that only go up, persisted.

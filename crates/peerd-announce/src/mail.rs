@@ -115,7 +115,7 @@ fn boundary(message_id: &str) -> String {
     out
 }
 
-/// The mail carrying a sealed envelope (see [`crate::seal`]).
+/// The mail carrying a sealed envelope (see [`crate::seal()`]).
 pub fn sealed_mail(h: &MailHeaders<'_>, sealed: &[u8]) -> Result<Vec<u8>, MailError> {
     let text = format!(
         "This message was sent by peerd for {name}\n\

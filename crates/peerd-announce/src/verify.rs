@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use peerd_core::{AddressClass, Identity, PeerName, PublicKey};
+use peerd_core::{AddressClass, Identity, MailAddress, PeerName, PublicKey};
 use sha2::{Digest, Sha256};
 
 use crate::mail::{self, Classified, MailFault};
@@ -25,7 +25,7 @@ pub struct KnownPeer {
     /// Its name in our address book.
     pub name: PeerName,
     /// Its mail address (compared case-insensitively with From for hints).
-    pub email: String,
+    pub email: MailAddress,
     /// Its identity key; `None` for a `plain` peer.
     pub key: Option<PublicKey>,
     /// Whether a bare address in a plain mail from it is taken as a hint.
@@ -296,7 +296,7 @@ impl Receiver<'_> {
     fn hint(&self, from: Option<&str>, text: &str) -> Option<Hint> {
         let from = from?;
         let peer_index = self.peers.iter().position(|p| {
-            p.accept_unsigned && p.key.is_some() && p.email.eq_ignore_ascii_case(from)
+            p.accept_unsigned && p.key.is_some() && p.email.as_str().eq_ignore_ascii_case(from)
         })?;
         let (ip, port) = first_address(text)?;
         Some(Hint {

@@ -265,7 +265,7 @@ fn recipes() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 fn receiver_outcome(raw: &[u8]) -> String {
     let book = [KnownPeer {
         name: "alice".parse().unwrap(),
-        email: "alice@isp-a.test".into(),
+        email: "alice@isp-a.test".parse().unwrap(),
         key: Some(alice().public_key()),
         accept_unsigned: false,
     }];

@@ -28,7 +28,7 @@ fn world() -> World {
     let mallory = Identity::from_seed(&[3; 32]);
     let book = vec![KnownPeer {
         name: "alice".parse().unwrap(),
-        email: "alice@isp-a.test".into(),
+        email: "alice@isp-a.test".parse().unwrap(),
         key: Some(alice.public_key()),
         accept_unsigned: false,
     }];
@@ -362,7 +362,7 @@ fn plain_mail_from_an_accept_unsigned_peer_is_a_hint_and_nothing_else_is() {
     let mut w = world();
     w.book.push(KnownPeer {
         name: PeerName::try_from("oldbox".to_owned()).unwrap(),
-        email: "OldBox@Example.org".into(),
+        email: "OldBox@Example.org".parse().unwrap(),
         key: Some(w.mallory.public_key()),
         accept_unsigned: true,
     });

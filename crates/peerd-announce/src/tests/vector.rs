@@ -146,7 +146,7 @@ fn the_vector_mail_opens_to_the_vector_message() {
     let eml = fs::read(data_dir("vector").join("announcement.eml")).unwrap();
     let book = [KnownPeer {
         name: "alice".parse().unwrap(),
-        email: "alice@isp-a.test".into(),
+        email: "alice@isp-a.test".parse().unwrap(),
         key: Some(alice().public_key()),
         accept_unsigned: false,
     }];
