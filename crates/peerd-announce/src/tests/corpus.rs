@@ -3,20 +3,19 @@
 //! files are committed; `PEERD_BLESS=1` regenerates them from the recipes
 //! below (the recipes are deterministic: fixed keys, fixed HPKE input).
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use peerd_core::{Identity, PublicKey};
 
-use super::vector::{VECTOR_TIME, alice, hitoshi, vector_headers, vector_message};
+use super::vector::{
+    VECTOR_TIME, alice, hitoshi, hitoshi_receives, vector_headers, vector_message,
+};
 use super::{blessing, data_dir};
 use crate::message::Message;
 use crate::seal::seal_payload;
-use crate::verify::{KnownPeer, Receiver};
 use crate::{seal_with_ikm, sealed_mail};
 
 fn mallory() -> Identity {
@@ -263,23 +262,7 @@ fn recipes() -> Vec<(&'static str, Vec<u8>, &'static str)> {
 }
 
 fn receiver_outcome(raw: &[u8]) -> String {
-    let book = [KnownPeer {
-        name: "alice".parse().unwrap(),
-        email: "alice@isp-a.test".parse().unwrap(),
-        key: Some(alice().public_key()),
-        accept_unsigned: false,
-    }];
-    let history = BTreeMap::new();
-    let hitoshi = hitoshi();
-    let r = Receiver {
-        identity: &hitoshi,
-        peers: &book,
-        history: &history,
-        now: UNIX_EPOCH + Duration::from_secs(VECTOR_TIME + 60),
-        clock_skew: Duration::from_secs(300),
-        max_message_size: 256 * 1024,
-    };
-    match r.receive(raw) {
+    match hitoshi_receives(raw) {
         Ok(got) => format!("accepted {got:?}"),
         Err(e) => format!("{} ({})", e.reason.code(), e.reason),
     }

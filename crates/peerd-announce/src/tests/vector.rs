@@ -12,7 +12,7 @@ use peerd_core::{Candidate, CandidateKind, Identity};
 
 use super::{blessing, data_dir, hex_lines};
 use crate::message::{Body, Message};
-use crate::verify::{KnownPeer, Received, Receiver};
+use crate::verify::{KnownPeer, Received, Receiver, Rejected};
 use crate::{MailHeaders, seal_with_ikm, sealed_mail};
 
 /// 2026-01-01T00:00:00Z.
@@ -141,9 +141,9 @@ fn the_vector_is_reproduced_byte_for_byte() {
     );
 }
 
-#[test]
-fn the_vector_mail_opens_to_the_vector_message() {
-    let eml = fs::read(data_dir("vector").join("announcement.eml")).unwrap();
+/// hitoshi judges `raw` a minute after the vector's issue time, with
+/// alice (and only alice) in the address book.
+pub(super) fn hitoshi_receives(raw: &[u8]) -> Result<Received, Rejected> {
     let book = [KnownPeer {
         name: "alice".parse().unwrap(),
         email: "alice@isp-a.test".parse().unwrap(),
@@ -152,15 +152,21 @@ fn the_vector_mail_opens_to_the_vector_message() {
     }];
     let history = BTreeMap::new();
     let hitoshi = hitoshi();
-    let r = Receiver {
+    Receiver {
         identity: &hitoshi,
         peers: &book,
         history: &history,
         now: UNIX_EPOCH + Duration::from_secs(VECTOR_TIME + 60),
         clock_skew: Duration::from_secs(300),
         max_message_size: 256 * 1024,
-    };
-    match r.receive(&eml).unwrap() {
+    }
+    .receive(raw)
+}
+
+#[test]
+fn the_vector_mail_opens_to_the_vector_message() {
+    let eml = fs::read(data_dir("vector").join("announcement.eml")).unwrap();
+    match hitoshi_receives(&eml).unwrap() {
         Received::Message(a) => assert_eq!(a.message, vector_message()),
         Received::Hint(h) => panic!("{h:?}"),
     }
