@@ -1,0 +1,1 @@
+//! peerd-mail (being written).

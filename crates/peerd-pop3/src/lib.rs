@@ -1,0 +1,1 @@
+//! peerd-pop3 (being written).

@@ -1,0 +1,1 @@
+//! peerd-state (being written).

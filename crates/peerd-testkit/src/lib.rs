@@ -1,0 +1,1 @@
+//! peerd-testkit (being written).
