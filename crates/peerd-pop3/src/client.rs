@@ -80,8 +80,9 @@ pub struct ConnectOptions {
     /// accepted over the slowest link.
     pub timeout: Duration,
     /// Longest line accepted from the server, without its line ending.
-    /// Values below 512 (RFC 2449's status line limit) are raised to 512.
-    /// The receive buffer has this size; it never grows.
+    /// Values below 512 (RFC 2449's status line limit) are raised to 512,
+    /// values above 1 MiB lowered to 1 MiB. The receive buffer has this
+    /// size; it never grows.
     pub max_line: usize,
     /// Most entries accepted in a LIST, UIDL or CAPA listing, so a server
     /// cannot grow memory without bound.

@@ -1,11 +1,14 @@
 //! A small, strict POP3 client on tokio and rustls, for the mail courier's
 //! POP3 receiving path.
 //!
-//! Why a client of our own: the async-pop crate spins at 100% CPU when a
-//! server drops the connection mid-reply, cuts multi-line bodies wrongly
-//! (no dot-unstuffing, an empty message hangs), has no STLS, and does not
-//! build with tokio + rustls (`docs/` and the workspace notes have the
-//! details). POP3 is small enough to get exactly right here:
+//! Why a client of our own: async-pop 1.1.3 spins at 100% CPU when a
+//! server drops the connection mid-reply (`src/stream.rs`), cuts
+//! multi-line bodies wrongly - no dot-unstuffing, the final CRLF dropped,
+//! an empty message hangs (`src/response/parser/rfc1939.rs`) - has no STLS,
+//! refuses UIDL/TOP unless CAPA lists them while swallowing CAPA errors,
+//! and its tokio + rustls combination does not build. The other POP3
+//! crates are abandoned or plaintext only. POP3 is small enough to get
+//! exactly right here:
 //!
 //! - RFC 1939: the protocol, USER/PASS, STAT, LIST, UIDL, TOP, RETR, DELE,
 //!   RSET, NOOP, QUIT, multi-line responses and byte-stuffing.

@@ -18,6 +18,8 @@ use crate::error::{Error, Result, quote};
 /// The smallest line limit: RFC 2449 section 4 lets a status line be 512
 /// octets including CRLF.
 pub const MIN_MAX_LINE: usize = 512;
+/// The largest line limit (the buffer is allocated up front).
+pub const MAX_MAX_LINE: usize = 1 << 20;
 
 /// A fixed-size receive buffer that hands out complete lines.
 ///
@@ -47,11 +49,11 @@ impl std::fmt::Debug for LineBuffer {
 
 impl LineBuffer {
     /// A buffer for lines of at most `max_line` bytes, not counting the
-    /// line ending (raised to [`MIN_MAX_LINE`] if smaller).
+    /// line ending (kept within [`MIN_MAX_LINE`]..=[`MAX_MAX_LINE`]).
     pub fn new(max_line: usize) -> Self {
-        let max_line = max_line.max(MIN_MAX_LINE);
+        let max_line = max_line.clamp(MIN_MAX_LINE, MAX_MAX_LINE);
         LineBuffer {
-            buf: vec![0; max_line.saturating_add(2)].into_boxed_slice(),
+            buf: vec![0; max_line + 2].into_boxed_slice(),
             start: 0,
             end: 0,
             scanned: 0,

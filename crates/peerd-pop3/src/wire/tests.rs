@@ -175,9 +175,10 @@ fn line_at_the_limit_is_fine_one_more_byte_is_not() {
 }
 
 #[test]
-fn small_limits_are_raised_to_the_rfc_minimum() {
+fn line_limits_are_kept_within_bounds() {
     assert_eq!(LineBuffer::new(0).max_line(), MIN_MAX_LINE);
     assert_eq!(LineBuffer::new(4096).max_line(), 4096);
+    assert_eq!(LineBuffer::new(usize::MAX).max_line(), MAX_MAX_LINE);
 }
 
 #[test]
