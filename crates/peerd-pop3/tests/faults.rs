@@ -833,3 +833,22 @@ async fn retr_allows_the_crlf_a_server_adds_beyond_list_size() {
         "{err:?}"
     );
 }
+
+/// The courier runs sessions in spawned tasks: every future must be Send.
+#[allow(dead_code)]
+fn futures_are_send(mut pop: Pop3Client, options: peerd_pop3::ConnectOptions) {
+    fn send<T: Send>(_: T) {}
+    send(Pop3Client::connect(options));
+    send(pop.capa());
+    send(pop.login("user", "password"));
+    send(pop.stat());
+    send(pop.list());
+    send(pop.list_one(1));
+    send(pop.uidl());
+    send(pop.top_headers(1, 1));
+    send(pop.retr(1, 1));
+    send(pop.dele(1));
+    send(pop.rset());
+    send(pop.noop());
+    send(pop.quit());
+}
