@@ -155,6 +155,10 @@ enum Command {
     Outbox {
         reply: oneshot::Sender<Result<Vec<OutboxEntry>, CourierError>>,
     },
+    SendNow {
+        peers: Option<Vec<PeerName>>,
+        reply: oneshot::Sender<Result<usize, CourierError>>,
+    },
     /// From the receiver: mail `peer` an ack for `sequence`.
     SendAck { peer: PeerName, sequence: u64 },
 }
@@ -209,6 +213,18 @@ impl CourierHandle {
         let (reply, rx) = oneshot::channel();
         self.commands
             .send(Command::Outbox { reply })
+            .await
+            .map_err(|_| CourierError::Gone)?;
+        rx.await.map_err(|_| CourierError::Gone)?
+    }
+
+    /// Sends the outbox's current intents now (all peers, or the named
+    /// ones), whatever their backoff or re-send schedule says: what
+    /// `peerctl announce` and a call do. Returns how many were re-armed.
+    pub async fn send_now(&self, peers: Option<Vec<PeerName>>) -> Result<usize, CourierError> {
+        let (reply, rx) = oneshot::channel();
+        self.commands
+            .send(Command::SendNow { peers, reply })
             .await
             .map_err(|_| CourierError::Gone)?;
         rx.await.map_err(|_| CourierError::Gone)?
@@ -412,11 +428,43 @@ async fn handle_command(shared: &Shared, sequence: &mut SequenceFile, command: C
                     .map_err(CourierError::from),
             );
         },
+        Command::SendNow { peers, reply } => {
+            let result = rearm(shared, peers);
+            let ok = result.is_ok();
+            let _ = reply.send(result);
+            if ok {
+                send_due(shared, sequence).await;
+            }
+        },
         Command::SendAck {
             peer,
             sequence: acked,
         } => send_ack(shared, sequence, &peer, acked).await,
     }
+}
+
+/// Makes intents due now.
+fn rearm(shared: &Shared, peers: Option<Vec<PeerName>>) -> Result<usize, CourierError> {
+    let now = SystemTime::now();
+    let names: Vec<PeerName> = match peers {
+        Some(names) => names,
+        None => shared
+            .store
+            .entries(&shared.policy, now)?
+            .into_iter()
+            .map(|e| e.peer)
+            .collect(),
+    };
+    let mut rearmed = 0;
+    for name in names {
+        if shared.config.peer(name.as_str()).is_none() {
+            return Err(CourierError::UnknownPeer(name.to_string()));
+        }
+        if shared.store.retry(&name, now)? {
+            rearmed += 1;
+        }
+    }
+    Ok(rearmed)
 }
 
 /// Writes the intents (committed before anything is sent).
@@ -748,8 +796,12 @@ async fn imap_session(
         .first()
         .cloned()
         .unwrap_or_else(|| "INBOX".to_owned());
+    // The IDLE folder is scanned last, so it is still selected when IDLE
+    // starts and nothing can arrive unseen between the scan and the IDLE.
+    let mut order: Vec<&String> = incoming.folders.iter().skip(1).collect();
+    order.push(&first);
     loop {
-        for folder in &incoming.folders {
+        for folder in order.iter().copied() {
             let mark = shared
                 .store
                 .imap_position(&account, folder)
@@ -766,6 +818,12 @@ async fn imap_session(
                 debug!(folder, "folder does not exist; skipped");
                 continue;
             };
+            debug!(
+                folder,
+                found = scan.found.len(),
+                last_uid = scan.mark.last_uid,
+                "folder scanned"
+            );
             for found in scan.found {
                 let verdict = match &found.raw {
                     Some(raw) => judge(shared, commands, raw),
@@ -791,7 +849,9 @@ async fn imap_session(
                     () = wake.notified() => {},
                 }
             };
+            debug!(folder = %first, "idling");
             mailbox = mailbox.idle(&first, woken).await.map_err(|e| e.message)?;
+            debug!(folder = %first, "idle ended");
         } else {
             tokio::select! {
                 () = shutdown.cancelled() => {},

@@ -32,10 +32,13 @@ use tokio::time::timeout;
 use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
 
-use crate::stream::MailStream;
+use crate::stream::{Capped, MailStream};
 
 /// The longest an IDLE is kept before the folders are checked again.
 pub const IDLE_PERIOD: Duration = Duration::from_secs(5 * 60);
+/// The most bytes read on one IMAP connection before it is dropped and
+/// made again (at least this; more when `max_message_size` is large).
+pub const READ_CAP: u64 = 64 << 20;
 
 /// A failure talking to the IMAP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,7 +120,7 @@ pub struct FolderScan {
 
 /// An authenticated IMAP session.
 pub struct ImapMailbox {
-    session: Session<MailStream>,
+    session: Session<Capped<MailStream>>,
     limit: Duration,
     idle: bool,
     uidplus: bool,
@@ -164,7 +167,8 @@ impl ImapMailbox {
             },
             Security::StartTls | Security::None => MailStream::Plain(tcp),
         };
-        let mut client = Client::new(stream);
+        let cap = READ_CAP.max(config.max_message_size.saturating_mul(4));
+        let mut client = Client::new(Capped::new(stream, cap));
         let greeting = step("greeting", limit, client.read_response()).await?;
         if greeting.is_none() {
             return Err(transient(
@@ -184,7 +188,7 @@ impl ImapMailbox {
                     "{e} (the server does not offer STARTTLS; not logging in)"
                 ))
             })?;
-            let MailStream::Plain(tcp) = client.into_inner() else {
+            let MailStream::Plain(tcp) = client.into_inner().into_inner() else {
                 return Err(permanent("IMAP: STARTTLS on a TLS connection"));
             };
             let tls = step(
@@ -194,7 +198,7 @@ impl ImapMailbox {
             )
             .await
             .map_err(|e| permanent(e.message))?;
-            client = Client::new(MailStream::Tls(Box::new(tls)));
+            client = Client::new(Capped::new(MailStream::Tls(Box::new(tls)), cap));
         }
         let session = match timeout(limit, client.login(username, password.as_str())).await {
             Ok(Ok(session)) => session,
@@ -225,6 +229,7 @@ impl ImapMailbox {
 
     async fn select(&mut self, folder: &str) -> Result<async_imap::types::Mailbox, ImapError> {
         let limit = self.limit;
+        self.selected = None;
         let mailbox = step(
             &format!("SELECT {folder}"),
             limit,
@@ -246,6 +251,8 @@ impl ImapMailbox {
         max_size: u64,
     ) -> Result<Option<FolderScan>, ImapError> {
         let limit = self.limit;
+        // A SELECT that fails leaves no mailbox selected (RFC 3501 6.3.1).
+        self.selected = None;
         let selected = match timeout(limit, self.session.select(folder)).await {
             Ok(Ok(m)) => m,
             // NO [NONEXISTENT] and friends: a Junk folder that is not there yet
@@ -416,6 +423,7 @@ impl ImapMailbox {
         let limit = self.limit;
         let mut handle = self.session.idle();
         step("IDLE", limit, handle.init()).await?;
+        tracing::debug!(folder, "IDLE started");
         {
             let (wait, stop) = handle.wait_with_timeout(IDLE_PERIOD);
             tokio::pin!(wait);
@@ -430,7 +438,8 @@ impl ImapMailbox {
                     }
                 }
             };
-            outcome.map_err(|e| transient(format!("IMAP IDLE: {e}")))?;
+            let outcome = outcome.map_err(|e| transient(format!("IMAP IDLE: {e}")))?;
+            tracing::debug!(?outcome, "IDLE woke");
         }
         // The watchdog: a dead connection shows here, as no answer to DONE.
         self.session = step("IDLE DONE", limit, handle.done()).await?;

@@ -43,7 +43,7 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 use zeroize::Zeroizing;
 
-use crate::stream::MailStream;
+use crate::stream::{Capped, MailStream};
 use crate::tls;
 
 /// The most bytes read from one SMTP connection (all replies together).
@@ -83,60 +83,41 @@ impl fmt::Display for SendError {
 
 impl std::error::Error for SendError {}
 
-/// A stream that refuses to read more than a fixed number of bytes.
+/// lettre takes any stream that can name its peer.
 #[derive(Debug)]
-struct Capped {
-    inner: MailStream,
-    left: u64,
-}
+struct SmtpStream(Capped<MailStream>);
 
-impl AsyncRead for Capped {
+impl AsyncRead for SmtpStream {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let over = || {
-            io::Error::other(format!(
-                "the server sent more than {MAX_REPLY_BYTES} bytes of replies"
-            ))
-        };
-        if self.left == 0 {
-            return Poll::Ready(Err(over()));
-        }
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = result {
-            // The cap is checked per read, so it may be passed by at most
-            // one read buffer (lettre's is 8 KiB) before it bites.
-            let n = (buf.filled().len() - before) as u64;
-            self.left = self.left.saturating_sub(n);
-        }
-        result
+        Pin::new(&mut self.0).poll_read(cx, buf)
     }
 }
 
-impl AsyncWrite for Capped {
+impl AsyncWrite for SmtpStream {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, data)
+        Pin::new(&mut self.0).poll_write(cx, data)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
-impl AsyncTokioStream for Capped {
+impl AsyncTokioStream for SmtpStream {
     fn peer_addr(&self) -> io::Result<SocketAddr> {
-        match &self.inner {
+        match self.0.get_ref() {
             MailStream::Plain(s) => s.peer_addr(),
             MailStream::Tls(s) => s.get_ref().0.peer_addr(),
         }
@@ -271,10 +252,7 @@ impl Submission {
         } else {
             MailStream::Plain(tcp)
         };
-        let capped = Box::new(Capped {
-            inner: stream,
-            left: MAX_REPLY_BYTES,
-        });
+        let capped = Box::new(SmtpStream(Capped::new(stream, MAX_REPLY_BYTES)));
         let hello = ClientId::default();
         let mut connection = self
             .step(

@@ -1,6 +1,12 @@
-//! A connection that is plain TCP or TLS, decided at run time (implicit
-//! TLS, STARTTLS, or none to loopback), so the IMAP session type does not
-//! depend on the configuration.
+//! Connections: plain TCP or TLS decided at run time (implicit TLS,
+//! STARTTLS, or none to loopback), and a cap on what a server can make us
+//! read.
+//!
+//! The cap exists because the SMTP and IMAP client libraries buffer a
+//! reply line until it ends (lettre without a limit, async-imap up to
+//! 512 MiB): a server sending one endless line would grow our memory until
+//! the connection died. Reading past the cap is an I/O error, which ends
+//! the connection; the caller reconnects later.
 
 use std::io;
 use std::pin::Pin;
@@ -56,5 +62,76 @@ impl AsyncWrite for MailStream {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+/// A stream that refuses to read more than a fixed number of bytes.
+#[derive(Debug)]
+pub struct Capped<S> {
+    inner: S,
+    left: u64,
+    cap: u64,
+}
+
+impl<S> Capped<S> {
+    /// `inner`, of which at most `cap` bytes will be read.
+    pub fn new(inner: S, cap: u64) -> Self {
+        Self {
+            inner,
+            left: cap,
+            cap,
+        }
+    }
+
+    /// The stream inside (for a STARTTLS upgrade).
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.left == 0 {
+            let cap = self.cap;
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the server sent more than {cap} bytes on this connection"
+            ))));
+        }
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            // Checked per read: the cap may be passed by at most one read
+            // buffer before it bites.
+            let n = (buf.filled().len() - before) as u64;
+            self.left = self.left.saturating_sub(n);
+        }
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Capped<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, data)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

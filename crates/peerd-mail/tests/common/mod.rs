@@ -1,0 +1,280 @@
+//! Two couriers (alice at isp-a.test, hitoshi at isp-b.test) on the real
+//! loopback mail stack, configured through the real configuration parser.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use peerd_core::{Candidate, CandidateKind, Identity, PeerName};
+use peerd_mail::{CourierError, CourierEvent, CourierHandle};
+use peerd_state::Store;
+use peerd_testkit::MailStack;
+use tokio::sync::broadcast;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+/// How one host reads its mail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incoming {
+    /// IMAP with STARTTLS (IDLE).
+    Imap,
+    /// POP3 with STLS.
+    Pop3,
+}
+
+/// What a host's configuration says beyond the defaults.
+#[derive(Clone, Debug)]
+pub struct HostOptions {
+    pub incoming: Incoming,
+    pub processed: &'static str,
+    pub auto_connect: bool,
+    /// Where SMTP goes (default: the stack's submission port).
+    pub smtp_port: Option<u16>,
+    pub resend: &'static str,
+}
+
+impl Default for HostOptions {
+    fn default() -> Self {
+        Self {
+            incoming: Incoming::Imap,
+            processed: "delete",
+            auto_connect: true,
+            smtp_port: None,
+            resend: "10m",
+        }
+    }
+}
+
+/// A fixed identity per name, so configs can name each other's keys.
+pub fn identity(name: &str) -> Identity {
+    let seed = match name {
+        "alice" => [1u8; 32],
+        "hitoshi" => [2u8; 32],
+        _ => [3u8; 32],
+    };
+    Identity::from_seed(&seed)
+}
+
+/// The configuration text of `me@domain`, whose peer is `peer@peer_domain`.
+pub fn config_text(
+    stack: &MailStack,
+    dir: &Path,
+    me: &str,
+    domain: &str,
+    peer: &str,
+    peer_domain: &str,
+    o: &HostOptions,
+) -> String {
+    let ports = stack.ports();
+    let addr = stack.addr();
+    let ca = stack.ca_path().display();
+    let password = stack.password(me);
+    let (protocol, port) = match o.incoming {
+        Incoming::Imap => ("imap", ports.imap),
+        Incoming::Pop3 => ("pop3", ports.pop3),
+    };
+    let folders = match o.incoming {
+        Incoming::Imap => "folders = [\"INBOX\", \"Junk\"]\n",
+        Incoming::Pop3 => "",
+    };
+    let peer_key = identity(peer).public_key();
+    format!(
+        r#"
+[identity]
+name = "{me}"
+key_file = "{dir}/identity.key"
+
+[state]
+dir = "{dir}"
+
+[mail]
+address = "{me}@{domain}"
+
+[mail.smtp]
+host = "{addr}"
+port = {smtp}
+security = "starttls"
+username = "{me}@{domain}"
+password = "{password}"
+ca_file = "{ca}"
+
+[mail.incoming]
+protocol = "{protocol}"
+host = "{addr}"
+port = {port}
+security = "starttls"
+username = "{me}@{domain}"
+password = "{password}"
+ca_file = "{ca}"
+poll_interval = "10s"
+{folders}processed = "{processed}"
+
+[announce]
+resend = "{resend}"
+
+[[peer]]
+name = "{peer}"
+email = "{peer}@{peer_domain}"
+public_key = "{peer_key}"
+auto_connect = {auto_connect}
+"#,
+        dir = dir.display(),
+        smtp = o.smtp_port.unwrap_or(ports.smtp),
+        processed = o.processed,
+        resend = o.resend,
+        auto_connect = o.auto_connect,
+    )
+}
+
+/// A running courier.
+pub struct Host {
+    pub name: &'static str,
+    pub dir: PathBuf,
+    pub handle: CourierHandle,
+    pub events: broadcast::Receiver<CourierEvent>,
+    pub store: Arc<Store>,
+    tasks: JoinSet<Result<(), CourierError>>,
+    shutdown: CancellationToken,
+}
+
+impl Host {
+    /// Starts `me`'s courier with its state in `dir` (kept by the caller).
+    pub fn start(
+        stack: &MailStack,
+        dir: &Path,
+        me: &'static str,
+        domain: &str,
+        peer: &str,
+        peer_domain: &str,
+        o: &HostOptions,
+    ) -> Host {
+        // the courier's log goes with the test's output (shown on failure)
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "peerd_mail=debug".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        std::fs::create_dir_all(dir).unwrap();
+        let text = config_text(stack, dir, me, domain, peer, peer_domain, o);
+        let loaded = peerd_config::parse(&text, Path::new("test.toml"), 0o600)
+            .unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"));
+        let config = Arc::new(loaded.config);
+        let store = Arc::new(Store::open_in(dir).unwrap());
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        let handle = peerd_mail::spawn(
+            config,
+            Arc::new(identity(me)),
+            Arc::clone(&store),
+            &mut tasks,
+            shutdown.clone(),
+        );
+        let events = handle.events();
+        Host {
+            name: me,
+            dir: dir.to_owned(),
+            handle,
+            events,
+            store,
+            tasks,
+            shutdown,
+        }
+    }
+
+    /// Stops the courier and waits for its tasks.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        let deadline = Duration::from_secs(40);
+        tokio::time::timeout(deadline, async {
+            while let Some(r) = self.tasks.join_next().await {
+                r.unwrap().unwrap();
+            }
+        })
+        .await
+        .expect("the courier stops within its deadline");
+    }
+
+    /// Waits for the first event that `pick` accepts.
+    pub async fn wait_for<T>(
+        &mut self,
+        within: Duration,
+        mut pick: impl FnMut(&CourierEvent) -> Option<T>,
+    ) -> T {
+        let until = Instant::now() + within;
+        let mut seen = Vec::new();
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.events.recv()).await {
+                Ok(Ok(event)) => {
+                    if let Some(t) = pick(&event) {
+                        return t;
+                    }
+                    seen.push(event);
+                },
+                Ok(Err(broadcast::error::RecvError::Lagged(_))) => {},
+                Ok(Err(e)) => panic!("{}: events ended: {e}", self.name),
+                Err(_) => panic!(
+                    "{}: no matching event within {within:?}; saw {seen:#?}; state {:?}",
+                    self.name,
+                    self.handle.state()
+                ),
+            }
+        }
+    }
+
+    /// Collects every event for `period`.
+    pub async fn drain(&mut self, period: Duration) -> Vec<CourierEvent> {
+        let until = Instant::now() + period;
+        let mut out = Vec::new();
+        while let Ok(Ok(e)) = tokio::time::timeout(
+            until.saturating_duration_since(Instant::now()),
+            self.events.recv(),
+        )
+        .await
+        {
+            out.push(e);
+        }
+        out
+    }
+}
+
+/// alice's address as a candidate.
+pub fn candidate(s: &str) -> Candidate {
+    Candidate::new(s.parse().unwrap(), CandidateKind::Host).unwrap()
+}
+
+pub fn peer(name: &str) -> PeerName {
+    name.parse().unwrap()
+}
+
+/// alice (isp-a.test) and hitoshi (isp-b.test) on one stack.
+pub fn pair(
+    stack: &MailStack,
+    dir: &Path,
+    alice: &HostOptions,
+    hitoshi: &HostOptions,
+) -> (Host, Host) {
+    let a = Host::start(
+        stack,
+        &dir.join("alice"),
+        "alice",
+        "isp-a.test",
+        "hitoshi",
+        "isp-b.test",
+        alice,
+    );
+    let h = Host::start(
+        stack,
+        &dir.join("hitoshi"),
+        "hitoshi",
+        "isp-b.test",
+        "alice",
+        "isp-a.test",
+        hitoshi,
+    );
+    (a, h)
+}
