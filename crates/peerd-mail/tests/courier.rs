@@ -116,7 +116,7 @@ async fn unrelated_mail_is_left_exactly(incoming: Incoming) {
         incoming,
         ..HostOptions::default()
     };
-    let (mut alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
+    let (alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
     alice
         .handle
         .announce(None, vec![candidate("198.51.100.20:7447")])
@@ -248,7 +248,8 @@ async fn an_smtp_outage_queues_and_only_the_newest_goes_out_sealed_afresh() {
         })
         .await;
     // sealed at send time, not at queue time
-    let restarted_us = restarted.duration_since(UNIX_EPOCH).unwrap().as_micros() as u64;
+    let restarted_us =
+        u64::try_from(restarted.duration_since(UNIX_EPOCH).unwrap().as_micros()).unwrap();
     assert!(
         sequence >= restarted_us,
         "sealed before the server came back"
