@@ -39,6 +39,12 @@ pub const IDLE_PERIOD: Duration = Duration::from_secs(5 * 60);
 /// The most bytes read on one IMAP connection before it is dropped and
 /// made again (at least this; more when `max_message_size` is large).
 pub const READ_CAP: u64 = 64 << 20;
+/// The longest line accepted is `max_message_size` plus this, or
+/// [`MIN_MAX_LINE`] if that is more: a fetched message may be one long
+/// line, and a SEARCH answer lists its UIDs on one line.
+pub const MAX_LINE_SLACK: u64 = 64 * 1024;
+/// The least the longest accepted line may be.
+pub const MIN_MAX_LINE: u64 = 1 << 20;
 
 /// A failure talking to the IMAP server.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +174,12 @@ impl ImapMailbox {
             Security::StartTls | Security::None => MailStream::Plain(tcp),
         };
         let cap = READ_CAP.max(config.max_message_size.saturating_mul(4));
-        let mut client = Client::new(Capped::new(stream, cap));
+        // No line we need is longer than the largest mail we download.
+        let max_line = config
+            .max_message_size
+            .saturating_add(MAX_LINE_SLACK)
+            .max(MIN_MAX_LINE);
+        let mut client = Client::new(Capped::new(stream, cap, max_line));
         let greeting = step("greeting", limit, client.read_response()).await?;
         if greeting.is_none() {
             return Err(transient(
@@ -198,7 +209,7 @@ impl ImapMailbox {
             )
             .await
             .map_err(|e| permanent(e.message))?;
-            client = Client::new(Capped::new(MailStream::Tls(Box::new(tls)), cap));
+            client = Client::new(Capped::new(MailStream::Tls(Box::new(tls)), cap, max_line));
         }
         let session = match timeout(limit, client.login(username, password.as_str())).await {
             Ok(Ok(session)) => session,
@@ -270,18 +281,24 @@ impl ImapMailbox {
             Some(m) if m.uid_validity == uid_validity => m.last_uid,
             _ => 0,
         };
-        // Everything above `after`, as it is now: the new high-water mark.
-        let all: BTreeSet<u32> = step(
-            "UID SEARCH",
-            limit,
-            self.session
-                .uid_search(format!("UID {}:*", after.saturating_add(1))),
-        )
-        .await?
-        .into_iter()
-        .filter(|u| *u > after)
-        .collect();
-        let Some(&high) = all.last() else {
+        // The highest UID now: everything up to it is examined in this
+        // scan, anything that arrives later gets a higher UID. UIDNEXT is
+        // required in SELECT's answer (RFC 3501 6.3.1); a server without
+        // it is asked with a search instead.
+        let high = match selected.uid_next {
+            Some(next) => Some(next.saturating_sub(1)).filter(|h| *h > after),
+            None => step(
+                "UID SEARCH",
+                limit,
+                self.session
+                    .uid_search(format!("UID {}:*", after.saturating_add(1))),
+            )
+            .await?
+            .into_iter()
+            .filter(|u| *u > after)
+            .max(),
+        };
+        let Some(high) = high else {
             return Ok(Some(FolderScan {
                 mark: FolderMark {
                     uid_validity,

@@ -48,6 +48,8 @@ use crate::tls;
 
 /// The most bytes read from one SMTP connection (all replies together).
 pub const MAX_REPLY_BYTES: u64 = 1 << 20;
+/// The longest reply line accepted (RFC 5321 allows 512).
+pub const MAX_REPLY_LINE: u64 = 16 * 1024;
 
 /// How a send failed, as the outbox needs to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,7 +254,11 @@ impl Submission {
         } else {
             MailStream::Plain(tcp)
         };
-        let capped = Box::new(SmtpStream(Capped::new(stream, MAX_REPLY_BYTES)));
+        let capped = Box::new(SmtpStream(Capped::new(
+            stream,
+            MAX_REPLY_BYTES,
+            MAX_REPLY_LINE,
+        )));
         let hello = ClientId::default();
         let mut connection = self
             .step(

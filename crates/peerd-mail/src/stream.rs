@@ -2,11 +2,13 @@
 //! STARTTLS, or none to loopback), and a cap on what a server can make us
 //! read.
 //!
-//! The cap exists because the SMTP and IMAP client libraries buffer a
+//! The caps exist because the SMTP and IMAP client libraries buffer a
 //! reply line until it ends (lettre without a limit, async-imap up to
-//! 512 MiB): a server sending one endless line would grow our memory until
-//! the connection died. Reading past the cap is an I/O error, which ends
-//! the connection; the caller reconnects later.
+//! 512 MiB, re-parsing the buffer as it grows): a server sending one
+//! endless line would grow our memory, and burn CPU, until the connection
+//! died. Two caps: on all bytes read from one connection, and on the bytes
+//! between two line feeds. Passing either is an I/O error, which ends the
+//! connection; the caller reconnects later.
 
 use std::io;
 use std::pin::Pin;
@@ -65,21 +67,27 @@ impl AsyncWrite for MailStream {
     }
 }
 
-/// A stream that refuses to read more than a fixed number of bytes.
+/// A stream that refuses to read more than a fixed number of bytes, or a
+/// line longer than a fixed length.
 #[derive(Debug)]
 pub struct Capped<S> {
     inner: S,
     left: u64,
     cap: u64,
+    max_line: u64,
+    line: u64,
 }
 
 impl<S> Capped<S> {
-    /// `inner`, of which at most `cap` bytes will be read.
-    pub fn new(inner: S, cap: u64) -> Self {
+    /// `inner`, of which at most `cap` bytes will be read, in lines of at
+    /// most `max_line` bytes.
+    pub fn new(inner: S, cap: u64, max_line: u64) -> Self {
         Self {
             inner,
             left: cap,
             cap,
+            max_line,
+            line: 0,
         }
     }
 
@@ -106,12 +114,23 @@ impl<S: AsyncRead + Unpin> AsyncRead for Capped<S> {
                 "the server sent more than {cap} bytes on this connection"
             ))));
         }
+        if self.line > self.max_line {
+            let max = self.max_line;
+            return Poll::Ready(Err(io::Error::other(format!(
+                "the server sent a line longer than {max} bytes"
+            ))));
+        }
         let before = buf.filled().len();
         let result = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            // Checked per read: the cap may be passed by at most one read
+            // Checked per read: a cap may be passed by at most one read
             // buffer before it bites.
-            let n = (buf.filled().len() - before) as u64;
+            let fresh = &buf.filled()[before..];
+            let n = fresh.len() as u64;
+            self.line = match fresh.iter().rposition(|b| *b == b'\n') {
+                Some(i) => (fresh.len() - i - 1) as u64,
+                None => self.line.saturating_add(n),
+            };
             self.left = self.left.saturating_sub(n);
         }
         result

@@ -17,11 +17,12 @@ use peerd_testkit::MailStack;
 
 const WITHIN: Duration = Duration::from_secs(30);
 
-async fn announce_and_receive(incoming: Incoming) {
+async fn announce_and_receive(incoming: Incoming, processed: &'static str) {
     let stack = MailStack::start().await;
     let dir = tempfile::tempdir().unwrap();
     let hitoshi_opts = HostOptions {
         incoming,
+        processed,
         ..HostOptions::default()
     };
     let (mut alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
@@ -63,11 +64,32 @@ async fn announce_and_receive(incoming: Incoming) {
         .await;
     assert_eq!(from.as_str(), "alice");
     assert_eq!(got, addrs);
-    // processed = "delete": the announcement is gone from hitoshi's INBOX
-    stack
-        .wait_for_count("hitoshi@isp-b.test", "INBOX", 0, WITHIN)
-        .await
-        .unwrap();
+    // handled per `processed`
+    let user = "hitoshi@isp-b.test";
+    match processed {
+        "delete" => stack
+            .wait_for_count(user, "INBOX", 0, WITHIN)
+            .await
+            .unwrap(),
+        "keep" => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let kept = stack.fetch_all(user, "INBOX").await.unwrap();
+            assert_eq!(kept.len(), 1);
+            assert!(
+                kept[0].flags.is_empty(),
+                "no flag added: {:?}",
+                kept[0].flags
+            );
+        },
+        moved => {
+            let folder = moved.strip_prefix("move:").unwrap();
+            stack.wait_for_count(user, folder, 1, WITHIN).await.unwrap();
+            stack
+                .wait_for_count(user, "INBOX", 0, WITHIN)
+                .await
+                .unwrap();
+        },
+    }
     // alice waits for the peer's acknowledgement (auto_connect peers ack
     // by connecting, which arrives with the connector)
     let entry = alice
@@ -82,12 +104,22 @@ async fn announce_and_receive(incoming: Incoming) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imap_idle_delivers_an_announcement_and_it_is_deleted() {
-    announce_and_receive(Incoming::Imap).await;
+    announce_and_receive(Incoming::Imap, "delete").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_moves_a_processed_announcement_when_asked() {
+    announce_and_receive(Incoming::Imap, "move:peerd").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_keeps_a_processed_announcement_untouched_when_asked() {
+    announce_and_receive(Incoming::Imap, "keep").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pop3_delivers_an_announcement_and_it_is_deleted() {
-    announce_and_receive(Incoming::Pop3).await;
+    announce_and_receive(Incoming::Pop3, "delete").await;
 }
 
 /// 50 mails that are not ours: plain, multipart, large, with and without
