@@ -2,24 +2,20 @@
 //! everything it reported committed is there (at most one step more, never
 //! one less).
 //!
-//! The writer is this test binary itself, re-executed to run
-//! `crash_writer_child` with `PEERD_STATE_CRASH_DB` set. It prints a line
-//! after each commit returns; the parent kills it, reads what it printed,
-//! and checks the reopened database against it.
+//! The writer is `examples/crash_writer.rs`, a process of its own (built
+//! on demand in this test's target dir). It prints a line after each
+//! commit returns; the parent kills it, reads what it printed, and checks
+//! the reopened database against it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use peerd_announce::{History, LastAccepted};
-use peerd_core::{Candidate, CandidateKind, Identity, PeerName, PublicKey};
-use peerd_state::{MailOutcome, OutboxState, Policy, StateError, Store};
-
-const DB_VAR: &str = "PEERD_STATE_CRASH_DB";
-const START_VAR: &str = "PEERD_STATE_CRASH_START";
+use peerd_announce::History;
+use peerd_core::{Candidate, Identity, PeerName, PublicKey};
+use peerd_state::{OutboxState, Policy, StateError, Store};
 
 fn t(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
@@ -33,16 +29,8 @@ fn sender() -> PublicKey {
     Identity::from_seed(&[9; 32]).public_key()
 }
 
-/// The candidate that says "step n": 10.x.y.z carries n.
-fn candidate(n: u32) -> Candidate {
-    let ip = Ipv4Addr::from(0x0A00_0000 | (n & 0x00FF_FFFF));
-    Candidate::new(
-        SocketAddr::V4(SocketAddrV4::new(ip, 7447)),
-        CandidateKind::Host,
-    )
-    .expect("10/8 is announceable")
-}
-
+/// The step n that `examples/crash_writer.rs` wrote into a candidate
+/// (10.x.y.z carries n).
 fn step_of(c: &Candidate) -> u32 {
     match c.addr.ip() {
         std::net::IpAddr::V4(v4) => u32::from(v4) & 0x00FF_FFFF,
@@ -50,50 +38,35 @@ fn step_of(c: &Candidate) -> u32 {
     }
 }
 
-/// The writer: loops forever, printing after every commit.
-#[test]
-#[ignore = "the child process of kill_9_at_any_moment_loses_nothing_committed"]
-fn crash_writer_child() {
-    // Not a test on its own: without the parent's variables (say, under
-    // `--include-ignored`) there is nothing to do.
-    let Ok(db) = std::env::var(DB_VAR) else {
-        return;
-    };
-    let mut n: u32 = std::env::var(START_VAR).unwrap().parse().unwrap();
-    let store = Store::open(Path::new(&db)).unwrap();
-    let policy = Policy::default();
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "ready").unwrap();
-    out.flush().unwrap();
-    let h = hitoshi();
-    let key = sender();
-    loop {
-        n += 1;
-        let now = t(u64::from(n));
-        let g = store.set_intent(&h, &[candidate(n)], false, now).unwrap();
-        writeln!(out, "intent {n}").unwrap();
-        out.flush().unwrap();
-        store
-            .record_sent(&h, g, u64::from(n), &policy, now)
-            .unwrap();
-        writeln!(out, "sent {n}").unwrap();
-        out.flush().unwrap();
-        store
-            .record_pop3("acct", &format!("u{n}"), &MailOutcome::Accepted, now)
-            .unwrap();
-        store.imap_examined("acct", "INBOX", 1, n).unwrap();
-        store
-            .record_accepted(
-                &key,
-                LastAccepted {
-                    sequence: u64::from(n),
-                    digest: [0; 32],
-                },
-            )
-            .unwrap();
-        writeln!(out, "ledger {n}").unwrap();
-        out.flush().unwrap();
-    }
+/// The writer example, built in this test's target dir.
+fn writer_binary() -> std::path::PathBuf {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("this test binary");
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .expect("target/<profile>")
+                .to_owned();
+            let mut build = Command::new(env!("CARGO"));
+            build.args(["build", "-p", "peerd-state", "--example", "crash_writer"]);
+            if profile_dir.file_name().is_some_and(|n| n == "release") {
+                build.arg("--release");
+            }
+            build.env(
+                "CARGO_TARGET_DIR",
+                profile_dir.parent().expect("the target dir"),
+            );
+            assert!(
+                build.status().expect("cargo runs").success(),
+                "building examples/crash_writer failed"
+            );
+            let path = profile_dir.join("examples").join("crash_writer");
+            assert!(path.exists(), "{} missing after the build", path.display());
+            path
+        })
+        .clone()
 }
 
 struct Reported {
@@ -103,10 +76,9 @@ struct Reported {
 }
 
 fn spawn_writer(db: &Path, start: u32) -> (Child, mpsc::Receiver<String>) {
-    let mut child = Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["crash_writer_child", "--exact", "--ignored", "--nocapture"])
-        .env(DB_VAR, db)
-        .env(START_VAR, start.to_string())
+    let mut child = Command::new(writer_binary())
+        .arg(db)
+        .arg(start.to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
