@@ -35,7 +35,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use peerd_core::{Candidate, CandidateKind, Identity};
+use peerd_core::{Candidate, CandidateKind};
 use peerd_mail::{CourierError, CourierEvent, CourierHandle};
 use peerd_state::Store;
 use peerd_testkit::{MailStack, Options};
@@ -44,6 +44,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
+
+// The integration tests' harness: the same configuration for the same hosts.
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{HostOptions, config_text, identity};
 
 /// How long a courier's mailbox state must stay unchanged before a round:
 /// it is back in IDLE (the IDLE command takes one round trip).
@@ -164,76 +169,6 @@ impl tracing::field::Visit for MessageIs {
     }
 }
 
-/// A fixed identity per name, so the configs can name each other's keys.
-fn identity(name: &str) -> Identity {
-    let seed = match name {
-        "alice" => [1u8; 32],
-        _ => [2u8; 32],
-    };
-    Identity::from_seed(&seed)
-}
-
-/// The configuration of `me@domain` (IMAP STARTTLS, folders INBOX and
-/// Junk), whose peer is `peer@peer_domain`.
-fn config_text(
-    stack: &MailStack,
-    dir: &Path,
-    me: &str,
-    domain: &str,
-    peer: &str,
-    peer_domain: &str,
-) -> String {
-    let ports = stack.ports();
-    format!(
-        r#"
-[identity]
-name = "{me}"
-key_file = "{dir}/identity.key"
-
-[state]
-dir = "{dir}"
-
-[mail]
-address = "{me}@{domain}"
-
-[mail.smtp]
-host = "{addr}"
-port = {smtp}
-security = "starttls"
-username = "{me}@{domain}"
-password = "{password}"
-ca_file = "{ca}"
-
-[mail.incoming]
-protocol = "imap"
-host = "{addr}"
-port = {imap}
-security = "starttls"
-username = "{me}@{domain}"
-password = "{password}"
-ca_file = "{ca}"
-folders = ["INBOX", "Junk"]
-processed = "delete"
-
-[announce]
-max_per_hour = 1000
-
-[[peer]]
-name = "{peer}"
-email = "{peer}@{peer_domain}"
-public_key = "{peer_key}"
-auto_connect = true
-"#,
-        dir = dir.display(),
-        addr = stack.addr(),
-        smtp = ports.smtp,
-        imap = ports.imap,
-        password = stack.password(me),
-        ca = stack.ca_path().display(),
-        peer_key = identity(peer).public_key(),
-    )
-}
-
 /// A running courier.
 struct Host {
     handle: CourierHandle,
@@ -252,7 +187,12 @@ impl Host {
         peer_domain: &str,
     ) -> Host {
         std::fs::create_dir_all(dir).unwrap();
-        let text = config_text(stack, dir, me, domain, peer, peer_domain);
+        let options = HostOptions {
+            // one announcement per round; the default of 6 an hour would stall them
+            max_per_hour: 1000,
+            ..HostOptions::default()
+        };
+        let text = config_text(stack, dir, me, domain, peer, peer_domain, &options);
         let loaded = peerd_config::parse(&text, Path::new("bench.toml"), 0o600)
             .unwrap_or_else(|p| panic!("benchmark config invalid:\n{p}\n{text}"));
         let store = Arc::new(Store::open_in(dir).unwrap());

@@ -181,50 +181,46 @@ impl CourierHandle {
         peers: Option<Vec<PeerName>>,
         candidates: Vec<Candidate>,
     ) -> Result<Vec<PeerName>, CourierError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Announce {
-                peers,
-                candidates,
-                reply,
-            })
-            .await
-            .map_err(|_| CourierError::Gone)?;
-        rx.await.map_err(|_| CourierError::Gone)?
+        self.request(|reply| Command::Announce {
+            peers,
+            candidates,
+            reply,
+        })
+        .await
     }
 
     /// An authenticated connection from `peer` carried `sequence`: our
     /// announcement arrived, stop re-sending it.
     pub async fn acknowledged(&self, peer: PeerName, sequence: u64) -> Result<bool, CourierError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Acknowledged {
-                peer,
-                sequence,
-                reply,
-            })
-            .await
-            .map_err(|_| CourierError::Gone)?;
-        rx.await.map_err(|_| CourierError::Gone)?
+        self.request(|reply| Command::Acknowledged {
+            peer,
+            sequence,
+            reply,
+        })
+        .await
     }
 
     /// What waits in the outbox.
     pub async fn outbox(&self) -> Result<Vec<OutboxEntry>, CourierError> {
-        let (reply, rx) = oneshot::channel();
-        self.commands
-            .send(Command::Outbox { reply })
-            .await
-            .map_err(|_| CourierError::Gone)?;
-        rx.await.map_err(|_| CourierError::Gone)?
+        self.request(|reply| Command::Outbox { reply }).await
     }
 
     /// Sends the outbox's current intents now (all peers, or the named
     /// ones), whatever their backoff or re-send schedule says: what
     /// `peerctl announce` and a call do. Returns how many were re-armed.
     pub async fn send_now(&self, peers: Option<Vec<PeerName>>) -> Result<usize, CourierError> {
+        self.request(|reply| Command::SendNow { peers, reply })
+            .await
+    }
+
+    /// Sends a command made with a reply channel and awaits the reply.
+    async fn request<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<Result<T, CourierError>>) -> Command,
+    ) -> Result<T, CourierError> {
         let (reply, rx) = oneshot::channel();
         self.commands
-            .send(Command::SendNow { peers, reply })
+            .send(command(reply))
             .await
             .map_err(|_| CourierError::Gone)?;
         rx.await.map_err(|_| CourierError::Gone)?

@@ -160,17 +160,20 @@ impl ImapMailbox {
         let addr = (config.host.as_str(), config.port);
         let tcp = step("connect", limit, TcpStream::connect(addr)).await?;
         let connector = TlsConnector::from(tls);
+        // A certificate that does not verify does not get better by
+        // retrying: a failed handshake is permanent.
+        let handshake = |tcp: TcpStream| async {
+            let tls = step(
+                "TLS handshake",
+                limit,
+                connector.connect(server_name(&config.host)?, tcp),
+            )
+            .await
+            .map_err(|e| permanent(e.message))?;
+            Ok::<_, ImapError>(MailStream::Tls(Box::new(tls)))
+        };
         let stream = match config.security {
-            Security::Tls => {
-                let tls = step(
-                    "TLS handshake",
-                    limit,
-                    connector.connect(server_name(&config.host)?, tcp),
-                )
-                .await
-                .map_err(|e| permanent(e.message))?;
-                MailStream::Tls(Box::new(tls))
-            },
+            Security::Tls => handshake(tcp).await?,
             Security::StartTls | Security::None => MailStream::Plain(tcp),
         };
         let cap = READ_CAP.max(config.max_message_size.saturating_mul(4));
@@ -202,14 +205,7 @@ impl ImapMailbox {
             let MailStream::Plain(tcp) = client.into_inner().into_inner() else {
                 return Err(permanent("IMAP: STARTTLS on a TLS connection"));
             };
-            let tls = step(
-                "TLS handshake",
-                limit,
-                connector.connect(server_name(&config.host)?, tcp),
-            )
-            .await
-            .map_err(|e| permanent(e.message))?;
-            client = Client::new(Capped::new(MailStream::Tls(Box::new(tls)), cap, max_line));
+            client = Client::new(Capped::new(handshake(tcp).await?, cap, max_line));
         }
         let session = match timeout(limit, client.login(username, password.as_str())).await {
             Ok(Ok(session)) => session,

@@ -33,6 +33,7 @@ pub struct HostOptions {
     /// Where SMTP goes (default: the stack's submission port).
     pub smtp_port: Option<u16>,
     pub resend: &'static str,
+    pub max_per_hour: u32,
 }
 
 impl Default for HostOptions {
@@ -43,6 +44,7 @@ impl Default for HostOptions {
             auto_connect: true,
             smtp_port: None,
             resend: "10m",
+            max_per_hour: 6,
         }
     }
 }
@@ -113,6 +115,7 @@ poll_interval = "10s"
 
 [announce]
 resend = "{resend}"
+max_per_hour = {max_per_hour}
 
 [[peer]]
 name = "{peer}"
@@ -124,6 +127,7 @@ auto_connect = {auto_connect}
         smtp = o.smtp_port.unwrap_or(ports.smtp),
         processed = o.processed,
         resend = o.resend,
+        max_per_hour = o.max_per_hour,
         auto_connect = o.auto_connect,
     )
 }
