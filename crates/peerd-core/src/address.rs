@@ -285,3 +285,50 @@ mod tests {
         assert!(err.contains("publik") && err.contains("cgnat"), "{err}");
     }
 }
+
+/// What the kernel says about an IPv6 address's state (IFA_F_* flags);
+/// all false for IPv4.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct AddressFlags {
+    /// A privacy (RFC 8981) address: changes often, not announced unless
+    /// `ipv6 = "temporary"` or `"all"`.
+    pub temporary: bool,
+    /// Its preferred lifetime ended: still valid, but not for new
+    /// connections, so never announced.
+    pub deprecated: bool,
+    /// Duplicate address detection is still running: not yet usable, so not
+    /// announced until it ends.
+    pub tentative: bool,
+    /// Duplicate address detection failed: never usable.
+    pub dad_failed: bool,
+}
+
+/// One address on an interface, as the address watcher sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InterfaceAddress {
+    /// The local address (IFA_LOCAL; on a point-to-point link such as
+    /// ppp0 this is ours, while IFA_ADDRESS is the far end).
+    pub ip: IpAddr,
+    /// The prefix length.
+    pub prefix_len: u8,
+    /// Its class, as [`AddressClass::of`] computes it.
+    pub class: AddressClass,
+    /// Its IPv6 state flags.
+    pub flags: AddressFlags,
+}
+
+/// The address watcher's view, published on a `watch`: the watched
+/// interface, whether it is up, all its addresses, and those that may be
+/// announced under the configuration (`publish`, `ipv6`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AddressSnapshot {
+    /// The interface being watched (for `interface = "auto"`, the one the
+    /// default route uses now); `None` when there is none.
+    pub interface: Option<String>,
+    /// Whether the interface exists and is up.
+    pub up: bool,
+    /// Every address on it.
+    pub addresses: Vec<InterfaceAddress>,
+    /// The addresses an announcement would carry, best first.
+    pub announceable: Vec<InterfaceAddress>,
+}

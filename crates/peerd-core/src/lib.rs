@@ -20,7 +20,9 @@ pub mod key;
 pub mod mail;
 pub mod name;
 
-pub use address::{AddressClass, Candidate, CandidateKind};
+pub use address::{
+    AddressClass, AddressFlags, AddressSnapshot, Candidate, CandidateKind, InterfaceAddress,
+};
 pub use key::{Fingerprint, Identity, IdentityError, KeyError, PublicKey, SignatureContext};
 pub use mail::{MailAddress, MailAddressError};
 pub use name::{NameError, PeerName, ServiceName};
