@@ -1,0 +1,1 @@
+//! peerd-addr (being written).

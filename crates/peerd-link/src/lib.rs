@@ -1,0 +1,1 @@
+//! peerd-link (being written).
