@@ -40,6 +40,8 @@ use crate::{pop3, tls};
 
 /// The timeout of every single network step (connect, one command).
 pub const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The least time between two timer-driven outbox rounds.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(200);
 /// First wait after a mailbox failure; doubles up to [`RECONNECT_MAX`].
 const RECONNECT_BASE: Duration = Duration::from_secs(5);
 /// The longest wait between reconnection attempts.
@@ -362,23 +364,26 @@ async fn send_loop(
 ) -> Result<(), CourierError> {
     let mut sequence = SequenceFile::in_dir(&shared.config.state.dir);
     // Whatever an earlier run left in the outbox goes out now.
-    send_due(&shared, &mut sequence).await;
+    send_due(&shared, &mut sequence, &shutdown).await;
     loop {
         let next = shared
             .store
             .next_wakeup(&shared.policy, SystemTime::now())
             .unwrap_or(None);
+        // At least a moment between outbox rounds, so a schedule that is
+        // due but cannot be served (a rate limit's edge) never spins.
         let sleep = next.map(|at| {
             at.duration_since(SystemTime::now())
                 .unwrap_or(Duration::ZERO)
+                .max(MIN_ROUND_GAP)
         });
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),
             command = commands.recv() => match command {
                 None => return Ok(()),
-                Some(command) => handle_command(&shared, &mut sequence, command).await,
+                Some(command) => handle_command(&shared, &mut sequence, command, &shutdown).await,
             },
-            () = sleep_or_forever(sleep) => send_due(&shared, &mut sequence).await,
+            () = sleep_or_forever(sleep) => send_due(&shared, &mut sequence, &shutdown).await,
         }
     }
 }
@@ -390,7 +395,12 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-async fn handle_command(shared: &Shared, sequence: &mut SequenceFile, command: Command) {
+async fn handle_command(
+    shared: &Shared,
+    sequence: &mut SequenceFile,
+    command: Command,
+    shutdown: &CancellationToken,
+) {
     match command {
         Command::Announce {
             peers,
@@ -401,7 +411,7 @@ async fn handle_command(shared: &Shared, sequence: &mut SequenceFile, command: C
             let ok = result.is_ok();
             let _ = reply.send(result);
             if ok {
-                send_due(shared, sequence).await;
+                send_due(shared, sequence, shutdown).await;
             }
         },
         Command::Acknowledged {
@@ -429,7 +439,7 @@ async fn handle_command(shared: &Shared, sequence: &mut SequenceFile, command: C
             let ok = result.is_ok();
             let _ = reply.send(result);
             if ok {
-                send_due(shared, sequence).await;
+                send_due(shared, sequence, shutdown).await;
             }
         },
         Command::SendAck {
@@ -565,8 +575,9 @@ fn build_mail(
     Ok((raw, Some(seq)))
 }
 
-/// Sends everything the outbox says is due, over one connection.
-async fn send_due(shared: &Shared, sequence: &mut SequenceFile) {
+/// Sends everything the outbox says is due, over one connection. On
+/// shutdown it stops between mails (what is not sent stays due on disk).
+async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &CancellationToken) {
     let due = match shared.store.due(&shared.policy, SystemTime::now()) {
         Ok(due) => due,
         Err(e) => {
@@ -580,6 +591,9 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile) {
     }
     let mut transport = submission(shared).await;
     for item in due {
+        if shutdown.is_cancelled() {
+            break;
+        }
         let Some(peer) = shared.config.peer(item.peer.as_str()) else {
             // removed from the configuration since: forget the intent
             let _ = shared.store.remove(&item.peer);
