@@ -26,7 +26,8 @@ pub struct WatcherConfig {
     /// default routes `auto` follows.
     pub families: Vec<Family>,
     /// `[announce] debounce`: how long the announceable set must stay
-    /// unchanged before [`AddressEvent::AddressChanged`] is sent.
+    /// unchanged before [`AddressEvent::AddressChanged`] is sent. Zero
+    /// sends one for every change as soon as it is seen.
     ///
     /// [`AddressEvent::AddressChanged`]: crate::AddressEvent::AddressChanged
     pub debounce: Duration,

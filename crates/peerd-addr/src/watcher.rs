@@ -464,6 +464,11 @@ impl Watcher {
             }
             changed
         });
+        if self.config.debounce.is_zero() && self.deadline.is_some() {
+            // No debounce: say it now. (A zero-length timer would still
+            // wait for the timer wheel's next millisecond tick.)
+            self.debounced();
+        }
     }
 
     /// The debounce ran out: announce the set if it differs from the last

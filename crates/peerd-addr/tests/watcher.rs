@@ -105,7 +105,7 @@ fn ipv6_addresses_added_deprecated_and_deleted() {
 
         // Renumbering: the old prefix is deprecated (preferred lifetime 0),
         // then a new one comes: a deprecated address is never announced.
-        ip("-6 addr change 2001:db8:1::10/64 dev veth0 nodad preferred_lft 0").await;
+        ip("-6 addr replace 2001:db8:1::10/64 dev veth0 nodad preferred_lft 0").await;
         assert_eq!(w.address_changed().await, ["fd00:1::10"]);
         let s = w.handle.snapshot();
         let old = s
@@ -328,6 +328,23 @@ fn flapping_twenty_times_gives_one_event_after_the_debounce() {
         );
         w.barrier().await;
         w.no_event_within(debounce * 2).await;
+        w.stop().await;
+    });
+}
+
+#[test]
+fn zero_debounce_reports_every_change_at_once() {
+    in_netns(|| async {
+        veth("veth0", "veth1").await;
+        let mut w = Harness::start(config("veth0", 0)).await;
+        ip("addr add 192.0.2.10/24 dev veth0").await;
+        ip("addr del 192.0.2.10/24 dev veth0").await;
+        ip("addr add 192.0.2.11/24 dev veth0").await;
+        assert_eq!(w.address_changed().await, ["192.0.2.10"]);
+        assert!(w.address_changed().await.is_empty());
+        assert_eq!(w.address_changed().await, ["192.0.2.11"]);
+        w.barrier().await;
+        w.no_event_within(Duration::from_millis(100)).await;
         w.stop().await;
     });
 }
