@@ -258,6 +258,54 @@ mod tests {
     }
 
     #[test]
+    fn auto_takes_the_lowest_metric_then_the_first_family_then_the_lowest_index() {
+        use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+        use rtnetlink::packet_route::route::{
+            RouteAttribute, RouteHeader, RouteMessage, RouteType,
+        };
+        use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
+
+        let mut table = Table::default();
+        for (index, name, flags) in [
+            (2, "wlan0", LinkFlags::Up),
+            (3, "wwan0", LinkFlags::Up),
+            (4, "eth0", LinkFlags::empty()),
+        ] {
+            let mut link = LinkMessage::default();
+            link.header.index = index;
+            link.header.flags = flags;
+            link.attributes.push(LinkAttribute::IfName(name.to_owned()));
+            table.apply(&RouteNetlinkMessage::NewLink(link), 0);
+        }
+        let mut route = |family, oif: u32, metric: u32| {
+            let mut r = RouteMessage::default();
+            r.header.address_family = family;
+            r.header.table = RouteHeader::RT_TABLE_MAIN;
+            r.header.kind = RouteType::Unicast;
+            r.attributes.push(RouteAttribute::Oif(oif));
+            r.attributes.push(RouteAttribute::Priority(metric));
+            table.apply(&RouteNetlinkMessage::NewRoute(r), 0);
+            view(
+                &WatcherConfig::for_interface(WatchedInterface::Auto),
+                &table,
+            )
+            .snapshot
+            .interface
+        };
+        // eth0 is down: its (better) route does not count.
+        assert_eq!(route(AddressFamily::Inet, 4, 1), None);
+        assert_eq!(
+            route(AddressFamily::Inet6, 3, 100),
+            Some("wwan0".to_owned())
+        );
+        // Same metric: IPv4 is listed first in `families`.
+        assert_eq!(route(AddressFamily::Inet, 2, 100), Some("wlan0".to_owned()));
+        // Same metric and family: the lower index.
+        assert_eq!(route(AddressFamily::Inet, 3, 100), Some("wlan0".to_owned()));
+        assert_eq!(route(AddressFamily::Inet6, 3, 99), Some("wwan0".to_owned()));
+    }
+
+    #[test]
     fn one_address_with_two_prefixes_is_announced_once() {
         let config = WatcherConfig::default();
         let mut wide = plain("10.0.0.2");

@@ -145,7 +145,9 @@ pub struct WatcherHandle {
 
 impl WatcherHandle {
     /// Returns once the watcher has read the kernel's state for the first
-    /// time (every request is answered only after that).
+    /// time. Every request is answered only after that, and waits while a
+    /// failed socket is being reopened; [`WatcherHandle::snapshot`] never
+    /// waits.
     pub async fn ready(&self) -> Result<(), WatcherError> {
         self.request(|reply| Command::Ready { reply }).await
     }

@@ -47,6 +47,17 @@ where
             if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
                 panic!("unshare(CLONE_NEWNET) failed: {e}; the namespace tests need root");
             }
+            // A child forked from this thread sees the new namespace: only
+            // `lo`. (Were it the host's, the test would stop here.)
+            let links = std::process::Command::new("ip")
+                .args(["-o", "link", "show"])
+                .output()
+                .expect("run ip (iproute2)");
+            let links = String::from_utf8_lossy(&links.stdout);
+            assert!(
+                links.lines().count() == 1 && links.contains(": lo:"),
+                "not in a fresh network namespace: {links}"
+            );
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
