@@ -313,6 +313,39 @@ fn a_dial_that_takes_too_long_is_aborted() {
 }
 
 #[test]
+fn hanging_up_while_dialling_aborts_the_call() {
+    in_netns(|| async {
+        let modem = FakeModem::start(ModemSetup {
+            dial_delay: Duration::from_secs(30),
+            echo: false,
+            ..ModemSetup::default()
+        });
+        let plan = Plan::new(&["up 10.64.0.2 10.64.0.1"]);
+        let tuning = Tuning {
+            dial_timeout: Duration::from_secs(60),
+            ..fast_tuning()
+        };
+        let rig = Rig::start(modem_config(&modem, &plan), tuning);
+        let mut state = rig.link.watch();
+        wait_state(&mut state, "Dialing", 10, |s| *s == LinkState::Dialing).await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !modem.log().contains(&"ATD*99#".to_owned()) {
+            assert!(Instant::now() < deadline, "no ATD: {:?}", modem.log());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        rig.link.down().await.unwrap();
+        assert_eq!(modem.log(), ["ATZ", "ATE0V1", "ATD*99#", "<abort>", "ATH"]);
+        assert_eq!(
+            rig.link.state(),
+            LinkState::Down,
+            "a requested hang-up is no failure"
+        );
+        assert_eq!(plan.runs(), 0);
+        rig.shut_down().await;
+    });
+}
+
+#[test]
 fn carrier_loss_is_a_modem_hangup_and_is_redialled() {
     in_netns(|| async {
         let modem = FakeModem::start(ModemSetup::default());
