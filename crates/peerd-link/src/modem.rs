@@ -473,6 +473,12 @@ mod tests {
         );
         assert_eq!(ResultCode::parse("NO ANSWER"), Some(ResultCode::NoAnswer));
         assert_eq!(ResultCode::parse("ERROR"), Some(ResultCode::Error));
+        // noise that is not ASCII where "CONNECT " would end must not panic
+        assert_eq!(ResultCode::parse("CONNECT\u{e9}x"), None);
+        assert_eq!(
+            ResultCode::parse("CONNECT \u{e9}"),
+            Some(ResultCode::Connect("\u{e9}".to_owned()))
+        );
         for not_final in [
             "RING",
             "ATZ",

@@ -155,6 +155,9 @@ pub(crate) async fn run(
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group: a Ctrl-C at peerd's terminal is for
+        // peerd, which then hangs up in order (SIGTERM, wait, reap).
+        .process_group(0)
         // Last resort only (a panicking task): every path below reaps.
         .kill_on_drop(true)
         .spawn();
@@ -187,8 +190,10 @@ pub(crate) async fn run(
                 match pid {
                     Some(pid) => {
                         debug!(pid = pid.as_raw(), "Sending pppd SIGTERM");
-                        if let Err(e) = kill(pid, Signal::SIGTERM) {
-                            warn!(error = %e, "Cannot send pppd SIGTERM");
+                        match kill(pid, Signal::SIGTERM) {
+                            // exited already; `wait` below reaps it
+                            Ok(()) | Err(nix::errno::Errno::ESRCH) => {},
+                            Err(e) => warn!(error = %e, "Cannot send pppd SIGTERM"),
                         }
                     },
                     None => {
