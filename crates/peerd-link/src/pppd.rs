@@ -43,6 +43,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use peerd_config::{LinkConfig, WatchedInterface};
+
+use crate::actor::sleep_until;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -327,13 +329,6 @@ async fn next_line(
     match lines {
         // `Lines::next_line` is cancel-safe
         Some(l) => l.next_line().await.ok().flatten(),
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
 }
