@@ -16,6 +16,9 @@
 //!   re-processes nor misses mail, and rejected mail is not looked at again.
 //! - **The history** ([`history`]): the last message accepted from each
 //!   sender key, which a new one must beat ([`peerd_announce::History`]).
+//! - **The runtime address book** ([`peers`]): peers added with `peerctl
+//!   peer add` (or D-Bus), the half of the address book that is not in the
+//!   config file.
 //!
 //! Why one redb file: each operation is one transaction, committed with
 //! redb's default durability (fsync before `commit` returns), so the
@@ -37,11 +40,13 @@
 //! - [`outbox`]: intents, sending policy ([`Policy`]), what is due.
 //! - [`ledger`]: IMAP positions and POP3 UIDLs already examined.
 //! - [`history`]: the last accepted sequence per sender key.
+//! - [`peers`]: the runtime address book ([`RuntimePeer`]).
 //! - `codec` (private): the byte encoding of values.
 
 pub mod history;
 pub mod ledger;
 pub mod outbox;
+pub mod peers;
 
 mod codec;
 
@@ -58,10 +63,13 @@ use redb::{
 
 pub use ledger::{ImapPosition, ImapStart, MailOutcome, Pop3Seen};
 pub use outbox::{Due, FailureKind, Generation, OutboxEntry, OutboxState, Policy};
+pub use peers::RuntimePeer;
 
 /// The format of the database as a whole, stored in the `meta` table.
 /// Version 1: the tables `meta`, `outbox`, `imap`, `pop3`, `history`,
-/// each value starting with its own version byte (1).
+/// `peers`, each value starting with its own version byte (1). (`peers`
+/// came later; it is created when missing, and a peerd from before it
+/// ignores it.)
 pub const FORMAT: u64 = 1;
 
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -116,6 +124,19 @@ pub enum StateError {
         key: String,
         /// What is wrong with it.
         problem: String,
+    },
+    /// `add_peer`: a runtime peer with this name exists already.
+    #[error("peer {0} is in the address book already (remove it first to change it)")]
+    PeerExists(peerd_core::PeerName),
+    /// `add_peer`: another runtime peer has this public key.
+    #[error(
+        "peer {name} would have the same public key as peer {other}; every host has its own key"
+    )]
+    KeyInUse {
+        /// The peer being added.
+        name: peerd_core::PeerName,
+        /// The peer that has the key.
+        other: peerd_core::PeerName,
     },
     /// More candidates than an intent may hold.
     #[error("an intent holds at most {max} candidates, not {0}", max = outbox::MAX_CANDIDATES)]
@@ -238,6 +259,7 @@ impl Store {
         outbox::create_tables(&txn)?;
         ledger::create_tables(&txn)?;
         history::create_tables(&txn)?;
+        peers::create_tables(&txn)?;
         txn.commit().map_err(StateError::db)
     }
 
