@@ -12,6 +12,12 @@
 //!
 //! # Layout
 //! - [`run`]: start the daemon and run it until `shutdown` completes.
+//! - [`address_book`]: the effective address book (`[[peer]]` plus the
+//!   runtime peers of `peerctl peer add`), conflicts between the two.
+//! - [`hooks`]: the hooks runner (`hooks_dir`, `PEERD_*` variables).
+
+pub mod address_book;
+pub mod hooks;
 
 use std::future::Future;
 
