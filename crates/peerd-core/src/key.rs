@@ -406,6 +406,17 @@ impl Identity {
         self.key.sign(&signed).to_bytes()
     }
 
+    /// The private key as PKCS#8 DER (RFC 8410), for TLS libraries that
+    /// load keys in that form (the peer channel's rustls). Wiped on drop.
+    pub fn to_pkcs8_der(&self) -> Zeroizing<Vec<u8>> {
+        match self.key.to_pkcs8_der() {
+            Ok(doc) => Zeroizing::new(doc.as_bytes().to_vec()),
+            // Encoding a valid 32-byte seed cannot fail; an empty result
+            // makes any TLS library refuse the key rather than panicking.
+            Err(_) => Zeroizing::new(Vec::new()),
+        }
+    }
+
     /// The X25519 secret this identity opens sealed messages with (the
     /// clamped scalar of the Ed25519 key, matching [`PublicKey::x25519`]).
     pub fn x25519_secret(&self) -> Zeroizing<[u8; 32]> {
@@ -554,6 +565,16 @@ mod tests {
             Identity::load(&missing),
             Err(IdentityError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn pkcs8_der_round_trips() {
+        let id = Identity::from_seed(&[0x24; 32]);
+        let der = id.to_pkcs8_der();
+        // RFC 8410 OneAsymmetricKey v2 (with the public key): 83 bytes.
+        assert_eq!(der.len(), 83);
+        let back = SigningKey::from_pkcs8_der(&der).unwrap();
+        assert_eq!(back.verifying_key(), id.key.verifying_key());
     }
 
     #[test]

@@ -1,0 +1,364 @@
+//! Two (or three) connectors with their own identities in network
+//! namespaces of their own, joined by a veth pair: the real kernel, real
+//! UDP, real QUIC and TLS. Root only (CI is root); see `support`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use peerd_connect::{
+    ConnectEvent, DisconnectReason, FailReason, OpenError, PeerState, RefusedReason, Tuning,
+};
+use peerd_core::{Identity, PeerName};
+use sha2::Digest;
+use support::{
+    Host, PORT, Setup, TIMEOUT, bytes, cand, echo_round, echo_service, hash_service, key_of, pair,
+    service, test,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const A: u8 = 0x0a;
+const B: u8 = 0x0b;
+
+fn name(s: &str) -> PeerName {
+    s.parse().expect("name")
+}
+
+/// A and B know each other; B offers `echo` (and A too, for streams the
+/// other way).
+async fn two_hosts(tuning: Tuning) -> (Host, Host, Arc<std::sync::atomic::AtomicUsize>) {
+    let (na, nb) = pair().await;
+    let (echo_b, count_b) = echo_service(&nb).await;
+    let (echo_a, _) = echo_service(&na).await;
+    let mut sa = Setup::new(&[("b", key_of(B))]).service("echo", echo_a, &["b"]);
+    sa.tuning = tuning.clone();
+    let mut sb = Setup::new(&[("a", key_of(A))]).service("echo", echo_b, &["a"]);
+    sb.tuning = tuning;
+    let a = Host::start("a", &na, A, sa).await;
+    let b = Host::start("b", &nb, B, sb).await;
+    (a, b, count_b)
+}
+
+fn quick() -> Tuning {
+    Tuning {
+        connect_timeout: Duration::from_secs(5),
+        ..Tuning::default()
+    }
+}
+
+#[test]
+fn parallel_streams_carry_bytes_both_ways_and_the_hello_acknowledges() {
+    test(|| async {
+        let (a, mut b, count_b) = two_hosts(quick()).await;
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1234)
+            .await
+            .unwrap();
+        let addr = a.handle.wait_connected(&name("b"), TIMEOUT).await.unwrap();
+        assert_eq!(addr.to_string(), format!("10.9.0.2:{PORT}"));
+        let connected = b
+            .event("connected", |e| match e {
+                ConnectEvent::Connected { peer, .. } => Some(peer.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(connected, name("a"));
+        // B learns that A accepted its announcement 1234, through the hello.
+        let acked = b
+            .event("acknowledged", |e| match e {
+                ConnectEvent::Acknowledged { peer, sequence } => Some((peer.clone(), *sequence)),
+                _ => None,
+            })
+            .await;
+        assert_eq!(acked, (name("a"), 1234));
+        assert!(matches!(
+            b.handle.state(&name("a")),
+            PeerState::Connected { .. }
+        ));
+
+        // Eight streams at once from A to B's echo service, each with its
+        // own bytes.
+        let mut jobs = Vec::new();
+        for i in 0..8u64 {
+            let h = a.handle.clone();
+            jobs.push(tokio::spawn(async move {
+                let mut s = h.open(&name("b"), Some(service("echo"))).await.unwrap();
+                let data = bytes(256 * 1024 + usize::try_from(i).unwrap(), i);
+                let back = echo_round(&mut s, &data).await;
+                assert!(back == data, "stream {i}: echo differs");
+            }));
+        }
+        for j in jobs {
+            j.await.unwrap();
+        }
+        assert_eq!(count_b.load(Ordering::SeqCst), 8);
+
+        // And the other way: B opens streams to A's echo, and a plain
+        // stream that A's program takes.
+        let mut s = b
+            .handle
+            .open(&name("a"), Some(service("echo")))
+            .await
+            .unwrap();
+        let data = bytes(100_000, 99);
+        assert!(echo_round(&mut s, &data).await == data);
+        let mut incoming = a.handle.incoming_streams().await.unwrap();
+        let mut plain = b.handle.open(&name("a"), None).await.unwrap();
+        plain.write_all(b"hello from b").await.unwrap();
+        plain.shutdown().await.unwrap();
+        let mut got = tokio::time::timeout(TIMEOUT, incoming.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.peer(), &name("b"));
+        assert_eq!(got.service(), None);
+        let mut text = String::new();
+        got.read_to_string(&mut text).await.unwrap();
+        assert_eq!(text, "hello from b");
+        got.write_all(b"and back").await.unwrap();
+        got.shutdown().await.unwrap();
+        let mut reply = String::new();
+        plain.read_to_string(&mut reply).await.unwrap();
+        assert_eq!(reply, "and back");
+
+        // A later announcement at the same address is acknowledged on the
+        // running session, which stays.
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1300)
+            .await
+            .unwrap();
+        let acked = b
+            .event("acknowledged", |e| match e {
+                ConnectEvent::Acknowledged { sequence, .. } => Some(*sequence),
+                _ => None,
+            })
+            .await;
+        assert_eq!(acked, 1300);
+        assert_eq!(a.handle.connection_count().await.unwrap(), 1);
+
+        // Disconnect: both sides see it.
+        assert!(a.handle.disconnect(&name("b")).await.unwrap());
+        let reason = b
+            .event("disconnected", |e| match e {
+                ConnectEvent::Disconnected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!(reason, DisconnectReason::ClosedByPeer);
+        assert_eq!(a.handle.state(&name("b")), PeerState::Idle);
+        assert_eq!(b.handle.state(&name("a")), PeerState::Idle);
+        a.stop().await;
+        b.stop().await;
+    });
+}
+
+#[test]
+fn a_large_transfer_arrives_with_the_same_sha256() {
+    test(|| async {
+        let (na, nb) = pair().await;
+        let hash = hash_service(&nb).await;
+        let a = Host::start("a", &na, A, Setup::new(&[("b", key_of(B))])).await;
+        let b = Host::start(
+            "b",
+            &nb,
+            B,
+            Setup::new(&[("a", key_of(A))]).service("hash", hash, &["a"]),
+        )
+        .await;
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("[fd09::2]:{PORT}"))], 1)
+            .await
+            .unwrap();
+        a.handle.wait_connected(&name("b"), TIMEOUT).await.unwrap();
+        let heavy = std::env::var("PEERD_HEAVY").is_ok_and(|v| v == "1");
+        let total: usize = if heavy { 1 << 30 } else { 64 << 20 };
+        let chunk = bytes(1 << 20, 7);
+        let mut want = sha2::Sha256::new();
+        let mut s = a
+            .handle
+            .open(&name("b"), Some(service("hash")))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let mut sent = 0usize;
+        let mut i = 0u8;
+        while sent < total {
+            // Vary each MiB so reordering or repetition would show.
+            let mut piece = chunk.clone();
+            piece[0] = i;
+            i = i.wrapping_add(1);
+            want.update(&piece);
+            s.write_all(&piece).await.unwrap();
+            sent += piece.len();
+        }
+        s.shutdown().await.unwrap();
+        let mut digest = Vec::new();
+        s.read_to_end(&mut digest).await.unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(digest, want.finalize().to_vec(), "SHA-256 differs");
+        #[allow(clippy::cast_precision_loss)]
+        let mbps = total as f64 / secs / 1e6;
+        eprintln!(
+            "transferred {} MiB through one stream in {secs:.2}s: {mbps:.0} MB/s (debug build, veth)",
+            total >> 20
+        );
+        a.stop().await;
+        b.stop().await;
+    });
+}
+
+#[test]
+fn unknown_client_keys_and_unexpected_server_keys_are_refused_in_the_handshake() {
+    test(|| async {
+        let (na, nb) = pair().await;
+        let (echo_b, count_b) = echo_service(&nb).await;
+        let mut b = Host::start(
+            "b",
+            &nb,
+            B,
+            Setup::new(&[("a", key_of(A))]).service("echo", echo_b, &["a", "stranger"]),
+        )
+        .await;
+
+        // 1. A raw QUIC client with a key B does not know. Its own TLS
+        // handshake completes (TLS 1.3 clients finish first), and it
+        // opens a stream and writes an open request for `echo` at once,
+        // without waiting for anything: none of it may reach the service.
+        const STRANGER: u8 = 0x5e;
+        let b_key = b.key;
+        let outcome = na
+            .run(move || async move {
+                let stranger = Identity::from_seed(&[STRANGER; 32]);
+                let tls = peerd_connect::tls::TlsFactory::new(
+                    &stranger,
+                    Duration::from_secs(1),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                let (config, _) = tls.client(b_key).unwrap();
+                let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+                let conn = endpoint
+                    .connect_with(
+                        config,
+                        format!("10.9.0.2:{PORT}").parse().unwrap(),
+                        "10.9.0.2",
+                    )
+                    .unwrap()
+                    .await;
+                let Ok(conn) = conn else {
+                    return format!("handshake failed: {:?}", conn.err());
+                };
+                let mut result = String::from("client handshake completed; ");
+                if let Ok((mut send, mut recv)) = conn.open_bi().await {
+                    let open = peerd_connect::wire::Frame::Open(
+                        peerd_connect::wire::OpenRequest::Service("echo".parse().unwrap()),
+                    );
+                    let _ = send.write_all(&open.encode()).await;
+                    let _ = send.write_all(b"application bytes").await;
+                    let mut buf = [0u8; 16];
+                    result += &format!("read: {:?}; ", recv.read(&mut buf).await);
+                }
+                result += &format!("closed: {}", conn.closed().await);
+                result
+            })
+            .await;
+        assert!(
+            outcome.contains("closed") && outcome.contains("ApplicationVerificationFailure"),
+            "{outcome}"
+        );
+        // The close reason the stranger got says nothing about why.
+        assert!(
+            !outcome.contains("address book") && !outcome.contains("unknown"),
+            "{outcome}"
+        );
+        let (presented, reason) = b
+            .event("refused", |e| match e {
+                ConnectEvent::Refused {
+                    presented, reason, ..
+                } => Some((*presented, reason.clone())),
+                _ => None,
+            })
+            .await;
+        assert_eq!(presented, Some(key_of(STRANGER).fingerprint()));
+        assert_eq!(reason, RefusedReason::UnknownKey);
+
+        // 2. A connector with that stranger's key, which knows B: its dial
+        // fails with the reason, during the hello.
+        let mut s = Setup::new(&[("b", key_of(B))]);
+        s.port = PORT + 1;
+        let stranger = Host::start("stranger", &na, STRANGER, s).await;
+        stranger
+            .handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1)
+            .await
+            .unwrap();
+        let err = stranger
+            .handle
+            .wait_connected(&name("b"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                peerd_connect::ConnectError::Failed {
+                    reason: FailReason::RefusedByPeer,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(matches!(
+            stranger
+                .handle
+                .open(&name("b"), Some(service("echo")))
+                .await,
+            Err(OpenError::NotConnected(_))
+        ));
+
+        // 3. A server answering with an unexpected key: the stranger dials
+        // "a" at B's address (pinning a's key), B answers with its own.
+        let mut s2 = Setup::new(&[("b", key_of(B)), ("a", key_of(A))]);
+        s2.port = PORT + 2;
+        stranger.stop().await;
+        let mut c = Host::start("c", &na, STRANGER, s2).await;
+        c.handle
+            .connect(&name("a"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1)
+            .await
+            .unwrap();
+        let err = c
+            .handle
+            .wait_connected(&name("a"), TIMEOUT)
+            .await
+            .unwrap_err();
+        match err {
+            peerd_connect::ConnectError::Failed {
+                reason: FailReason::WrongKey { presented, .. },
+                ..
+            } => assert_eq!(presented, Some(b.key.fingerprint())),
+            other => panic!("expected a wrong-key failure, got {other}"),
+        }
+        let presented = c
+            .event("refused", |e| match e {
+                ConnectEvent::Refused { presented, .. } => Some(*presented),
+                _ => None,
+            })
+            .await;
+        assert_eq!(presented, Some(b.key.fingerprint()));
+
+        // No application byte crossed: the service never saw a connection,
+        // and B never had a session.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(count_b.load(Ordering::SeqCst), 0);
+        while let Ok(e) = b.events.try_recv() {
+            assert!(
+                !matches!(e, ConnectEvent::Connected { .. }),
+                "B connected: {e:?}"
+            );
+        }
+        assert_eq!(b.handle.state(&name("a")), PeerState::Idle);
+        b.stop().await;
+        c.stop().await;
+    });
+}
