@@ -707,6 +707,9 @@ struct PeerEntry {
     ours_acked: u64,
     dial: Option<Dial>,
     session: Option<Live>,
+    /// Whether the last event said "connected" (so a session replaced
+    /// under a collision is not reported twice).
+    reported_up: bool,
 }
 
 impl PeerEntry {
@@ -717,6 +720,7 @@ impl PeerEntry {
             ours_acked: 0,
             dial: None,
             session: None,
+            reported_up: false,
         }
     }
 }
@@ -906,6 +910,7 @@ impl Actor {
                 return Ok(());
             }
             info!(%peer, sequence, old = %live.shared.conn.remote_address(), "A newer announcement moved the peer: replacing the session");
+            entry.reported_up = false;
             if let Some(live) = entry.session.take() {
                 live.shared
                     .close(close::ADDRESS_CHANGED, DisconnectReason::PeerAddressChanged);
@@ -988,6 +993,7 @@ impl Actor {
             any = true;
         }
         if let Some(live) = session {
+            entry.reported_up = false;
             live.shared
                 .close(close::REQUESTED, DisconnectReason::Requested);
             info!(%peer, "Disconnected on request");
@@ -1149,7 +1155,8 @@ impl Actor {
             }
             return drop_it(a, close::REPLACED, DisconnectReason::Replaced);
         }
-        let was_connected = entry.session.is_some();
+        let report = !entry.reported_up;
+        entry.reported_up = true;
         if let Some(old) = entry.session.take() {
             debug!(peer = %a.peer, "A newer connection replaces the session");
             old.shared
@@ -1185,7 +1192,7 @@ impl Actor {
         });
         let peer = a.peer.clone();
         let _ = a.verdict.send(Verdict::Keep { reply, frames });
-        if !was_connected {
+        if report {
             info!(%peer, %address, direction = %a.direction, "Connected");
             self.ctx.event(ConnectEvent::Connected {
                 peer: peer.clone(),
@@ -1234,6 +1241,7 @@ impl Actor {
             _ => {},
         }
         info!(%peer, %reason, "Disconnected");
+        entry.reported_up = false;
         self.ctx.event(ConnectEvent::Disconnected {
             peer: peer.clone(),
             reason: reason.clone(),

@@ -362,3 +362,234 @@ fn unknown_client_keys_and_unexpected_server_keys_are_refused_in_the_handshake()
         c.stop().await;
     });
 }
+
+#[test]
+fn a_peer_allowed_one_service_cannot_open_another_and_sees_why() {
+    test(|| async {
+        let (na, nb) = pair().await;
+        let (echo, count) = echo_service(&nb).await;
+        let a = Host::start("a", &na, A, Setup::new(&[("b", key_of(B))])).await;
+        // "echo" is open to a, "private" only to somebody else, "dead"
+        // points at a port nobody listens on.
+        let b = Host::start(
+            "b",
+            &nb,
+            B,
+            Setup::new(&[("a", key_of(A)), ("c", key_of(0x0c))])
+                .service("echo", echo, &["a"])
+                .service("private", echo, &["c"])
+                .service("dead", "127.0.0.1:1".parse().unwrap(), &["a"]),
+        )
+        .await;
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1)
+            .await
+            .unwrap();
+        a.handle.wait_connected(&name("b"), TIMEOUT).await.unwrap();
+
+        let mut ok = a
+            .handle
+            .open(&name("b"), Some(service("echo")))
+            .await
+            .unwrap();
+        assert!(echo_round(&mut ok, b"allowed").await == b"allowed");
+
+        let err = a
+            .handle
+            .open(&name("b"), Some(service("private")))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, OpenError::Refused { code, .. } if *code == peerd_connect::wire::RefuseCode::NOT_ALLOWED),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            "the peer refused the stream: not allowed: a may not open private"
+        );
+        let err = a
+            .handle
+            .open(&name("b"), Some(service("nosuch")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the peer refused the stream: unknown service: no service nosuch on this host"
+        );
+        let err = a
+            .handle
+            .open(&name("b"), Some(service("dead")))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the peer refused the stream: target unreachable: service dead is not answering"
+        );
+        // Nobody on B takes plain streams.
+        let err = a.handle.open(&name("b"), None).await.unwrap_err();
+        assert!(err.to_string().contains("no listener"), "{err}");
+        // Only the allowed stream reached a service, and the session is
+        // still fine after the refusals.
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        let mut again = a
+            .handle
+            .open(&name("b"), Some(service("echo")))
+            .await
+            .unwrap();
+        assert!(echo_round(&mut again, b"still here").await == b"still here");
+        a.stop().await;
+        b.stop().await;
+    });
+}
+
+#[test]
+fn a_removed_key_does_not_come_back_in() {
+    test(|| async {
+        let (a, mut b, count) = two_hosts(quick()).await;
+        let there = vec![cand(&format!("10.9.0.2:{PORT}"))];
+        a.handle
+            .connect(&name("b"), there.clone(), 1)
+            .await
+            .unwrap();
+        a.handle.wait_connected(&name("b"), TIMEOUT).await.unwrap();
+        let mut s = a
+            .handle
+            .open(&name("b"), Some(service("echo")))
+            .await
+            .unwrap();
+        assert!(echo_round(&mut s, b"first").await == b"first");
+        drop(s);
+        a.handle.disconnect(&name("b")).await.unwrap();
+
+        // B removes A from its address book. A reconnects to the same
+        // place with everything it had before: no resumption, no ticket,
+        // no way in.
+        let (echo, _) = (count.clone(), ());
+        let _ = echo;
+        b.handle
+            .set_address_book(peerd_connect::AddressBook::new(
+                [(name("other"), Some(key_of(0x0c)))],
+                vec![],
+            ))
+            .await
+            .unwrap();
+        a.handle
+            .connect(&name("b"), there.clone(), 2)
+            .await
+            .unwrap();
+        let err = a
+            .handle
+            .wait_connected(&name("b"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("refused our key"), "{err}");
+        let (presented, reason) = b
+            .event("refused", |e| match e {
+                ConnectEvent::Refused {
+                    presented, reason, ..
+                } => Some((*presented, reason.clone())),
+                _ => None,
+            })
+            .await;
+        assert_eq!(presented, Some(a.key.fingerprint()));
+        assert_eq!(reason, RefusedReason::UnknownKey);
+        assert_eq!(count.load(Ordering::SeqCst), 1, "only the first stream");
+
+        // Removing a key closes a running session too.
+        b.handle
+            .set_address_book(peerd_connect::AddressBook::new(
+                [(name("a"), Some(a.key))],
+                vec![],
+            ))
+            .await
+            .unwrap();
+        a.handle.connect(&name("b"), there, 3).await.unwrap();
+        a.handle.wait_connected(&name("b"), TIMEOUT).await.unwrap();
+        b.handle
+            .set_address_book(peerd_connect::AddressBook::default())
+            .await
+            .unwrap();
+        let mut watch = a.handle.watch();
+        let state = tokio::time::timeout(
+            TIMEOUT,
+            watch.wait_for(|m| !matches!(m.get(&name("b")), Some(PeerState::Connected { .. }))),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .get(&name("b"))
+        .cloned();
+        assert_eq!(state, Some(PeerState::Idle), "key removed is a clean end");
+        a.stop().await;
+        b.stop().await;
+    });
+}
+
+#[test]
+fn plain_peers_have_no_key_and_giving_up_or_timing_out_has_a_reason() {
+    test(|| async {
+        let (na, _nb) = pair().await;
+        let mut setup = Setup::new(&[("b", key_of(B))]);
+        setup.peers.push((name("phone"), None));
+        setup.tuning.connect_timeout = Duration::from_millis(800);
+        let a = Host::start("a", &na, A, setup).await;
+        let err = a
+            .handle
+            .connect(&name("phone"), vec![cand("10.9.0.2:1")], 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "phone: no key for this peer");
+        let err = a
+            .handle
+            .open(&name("phone"), Some(service("ssh")))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "phone: no key for this peer");
+        let err = a
+            .handle
+            .connect(&name("nobody"), vec![cand("10.9.0.2:1")], 1)
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "unknown peer nobody");
+
+        // Nothing listens on B (no connector there): no answer in time.
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 1)
+            .await
+            .unwrap();
+        let err = a
+            .handle
+            .wait_connected(&name("b"), TIMEOUT)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                peerd_connect::ConnectError::Failed {
+                    reason: FailReason::Timeout { tried: 1, .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        // The user gives up while connecting.
+        a.handle
+            .connect(&name("b"), vec![cand(&format!("10.9.0.2:{PORT}"))], 2)
+            .await
+            .unwrap();
+        assert!(matches!(
+            a.handle.state(&name("b")),
+            PeerState::Connecting { .. }
+        ));
+        assert!(a.handle.disconnect(&name("b")).await.unwrap());
+        match a.handle.state(&name("b")) {
+            PeerState::Failed { reason, .. } => {
+                assert_eq!(reason, FailReason::Cancelled);
+                assert_eq!(reason.to_string(), "given up on request while connecting");
+            },
+            other => panic!("expected failed, got {other:?}"),
+        }
+        assert!(!a.handle.disconnect(&name("b")).await.unwrap());
+        a.stop().await;
+    });
+}
