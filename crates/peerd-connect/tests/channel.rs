@@ -593,3 +593,101 @@ fn plain_peers_have_no_key_and_giving_up_or_timing_out_has_a_reason() {
         a.stop().await;
     });
 }
+
+#[test]
+fn an_authenticated_peer_sending_garbage_is_refused_or_closed() {
+    use peerd_connect::wire::{Frame, Hello, RefuseCode};
+    test(|| async {
+        let (na, nb) = pair().await;
+        let (echo, count) = echo_service(&nb).await;
+        let mut b = Host::start(
+            "b",
+            &nb,
+            B,
+            Setup::new(&[("a", key_of(A))]).service("echo", echo, &["a"]),
+        )
+        .await;
+        let b_key = b.key;
+        // A raw client holding A's key (so it passes the handshake) that
+        // speaks the framed protocol badly, three ways.
+        let outcomes = na
+            .run(move || async move {
+                let me = Identity::from_seed(&[A; 32]);
+                let tls = peerd_connect::tls::TlsFactory::new(
+                    &me,
+                    Duration::from_secs(1),
+                    Duration::from_secs(5),
+                )
+                .unwrap();
+                let endpoint = quinn::Endpoint::client("0.0.0.0:0".parse().unwrap()).unwrap();
+                let dial = || async {
+                    let (config, _) = tls.client(b_key).unwrap();
+                    endpoint
+                        .connect_with(
+                            config,
+                            format!("10.9.0.2:{PORT}").parse().unwrap(),
+                            "10.9.0.2",
+                        )
+                        .unwrap()
+                        .await
+                        .unwrap()
+                };
+                let hello = |version| {
+                    // A selection, in case A's key is the lower (the
+                    // arbiter's hello must carry one).
+                    Frame::Hello(Hello {
+                        version,
+                        selection: 1,
+                        acked: 0,
+                    })
+                    .encode()
+                };
+                let mut out = Vec::new();
+                // 1. A hello of an unknown version: closed with code 7.
+                let conn = dial().await;
+                let (mut send, _recv) = conn.open_bi().await.unwrap();
+                send.write_all(&hello(9)).await.unwrap();
+                out.push(conn.closed().await.to_string());
+                // 2. A frame longer than allowed on the control stream.
+                let conn = dial().await;
+                let (mut send, _recv) = conn.open_bi().await.unwrap();
+                send.write_all(&[0x01, 0xff, 0xff, 0, 0, 0]).await.unwrap();
+                out.push(conn.closed().await.to_string());
+                // 3. A proper hello, then a data stream that starts with
+                // garbage: that stream is refused, the session lives on,
+                // and then garbage on the control stream closes it.
+                let conn = dial().await;
+                let (mut csend, mut crecv) = conn.open_bi().await.unwrap();
+                csend.write_all(&hello(1)).await.unwrap();
+                let reply = peerd_connect::wire::read_frame(&mut crecv).await.unwrap();
+                out.push(format!("{reply:?}"));
+                let (mut send, mut recv) = conn.open_bi().await.unwrap();
+                send.write_all(&[0x10, 0x00, 0x03, 0x01, b'.', b'.'])
+                    .await
+                    .unwrap();
+                let answer = peerd_connect::wire::read_frame(&mut recv).await.unwrap();
+                out.push(format!("{answer:?}"));
+                csend.write_all(&Frame::Accept.encode()).await.unwrap();
+                out.push(conn.closed().await.to_string());
+                out
+            })
+            .await;
+        assert!(outcomes[0].contains("unsupported version"), "{outcomes:?}");
+        assert!(outcomes[1].contains("protocol error"), "{outcomes:?}");
+        assert!(outcomes[2].starts_with("Some(Hello("), "{outcomes:?}");
+        assert!(
+            outcomes[3].contains(&format!("{:?}", RefuseCode::PROTOCOL)),
+            "{outcomes:?}"
+        );
+        assert!(outcomes[4].contains("protocol error"), "{outcomes:?}");
+        assert_eq!(count.load(Ordering::SeqCst), 0);
+        let reason = b
+            .event("disconnected", |e| match e {
+                ConnectEvent::Disconnected { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })
+            .await;
+        assert!(reason.to_string().contains("protocol error"), "{reason}");
+        b.stop().await;
+    });
+}
