@@ -110,8 +110,13 @@ pub enum CourierEvent {
     },
     /// A peerd mail failed verification.
     AnnouncementRejected {
-        /// The peer's name if its key is known, else the escaped From.
-        sender: String,
+        /// The peer whose key sealed it, when that key is in the address
+        /// book (so the name is ours, not the mail's).
+        peer: Option<PeerName>,
+        /// The mail's From address, escaped (`peerd_announce::escape_address`):
+        /// for reports only, it proves nothing. `None` when there was none
+        /// or the mail was not downloaded.
+        from: Option<String>,
         /// Why.
         reason: Rejection,
     },
@@ -163,6 +168,10 @@ enum Command {
     },
     /// From the receiver: mail `peer` an ack for `sequence`.
     SendAck { peer: PeerName, sequence: u64 },
+    Reconfigure {
+        config: Arc<Config>,
+        reply: oneshot::Sender<Result<(), CourierError>>,
+    },
 }
 
 /// The courier's handle: cheap to clone.
@@ -215,6 +224,17 @@ impl CourierHandle {
             .await
     }
 
+    /// Uses `config` from now on (after a reload: new peers, new mailbox or
+    /// server settings). Intents for peers no longer configured are
+    /// dropped when next due; the mailbox session reconnects with the new
+    /// settings at its next wake-up, which this triggers.
+    pub async fn reconfigure(&self, config: Arc<Config>) -> Result<(), CourierError> {
+        self.request(|reply| Command::Reconfigure { config, reply })
+            .await?;
+        self.wake_receiver.notify_one();
+        Ok(())
+    }
+
     /// Sends a command made with a reply channel and awaits the reply.
     async fn request<T>(
         &self,
@@ -252,15 +272,26 @@ impl CourierHandle {
 /// Everything the courier's tasks share (read-only, or internally
 /// synchronised like the store and the watch sender).
 struct Shared {
-    config: Arc<Config>,
+    /// The configuration; replaced by [`CourierHandle::reconfigure`].
+    config: watch::Sender<Arc<Config>>,
     identity: Arc<Identity>,
     store: Arc<Store>,
     state: watch::Sender<CourierState>,
     events: broadcast::Sender<CourierEvent>,
-    policy: Policy,
 }
 
 impl Shared {
+    /// The configuration as it is now.
+    fn config(&self) -> Arc<Config> {
+        self.config.borrow().clone()
+    }
+
+    /// The outbox's pacing, from the configuration as it is now.
+    fn policy(&self) -> Policy {
+        let config = self.config();
+        Policy::new(config.announce.resend, config.announce.max_per_hour)
+    }
+
     fn emit(&self, event: CourierEvent) {
         // No subscriber is fine: events are informational.
         let _ = self.events.send(event);
@@ -285,7 +316,7 @@ impl Shared {
     }
 
     fn known_peers(&self) -> Vec<KnownPeer> {
-        self.config
+        self.config()
             .peers
             .iter()
             .map(|p| KnownPeer {
@@ -313,7 +344,6 @@ where
         IncomingProtocol::Imap => "imap",
         IncomingProtocol::Pop3 => "pop3",
     };
-    let policy = Policy::new(config.announce.resend, config.announce.max_per_hour);
     let (state_tx, state_rx) = watch::channel(CourierState {
         protocol,
         connected: false,
@@ -324,13 +354,13 @@ where
     let (events, _) = broadcast::channel(256);
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let wake_receiver = Arc::new(Notify::new());
+    let (config, _) = watch::channel(config);
     let shared = Arc::new(Shared {
         config,
         identity,
         store,
         state: state_tx,
         events: events.clone(),
-        policy,
     });
     let handle = CourierHandle {
         commands: commands_tx.clone(),
@@ -362,13 +392,13 @@ async fn send_loop(
     mut commands: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 ) -> Result<(), CourierError> {
-    let mut sequence = SequenceFile::in_dir(&shared.config.state.dir);
+    let mut sequence = SequenceFile::in_dir(&shared.config().state.dir);
     // Whatever an earlier run left in the outbox goes out now.
     send_due(&shared, &mut sequence, &shutdown).await;
     loop {
         let next = shared
             .store
-            .next_wakeup(&shared.policy, SystemTime::now())
+            .next_wakeup(&shared.policy(), SystemTime::now())
             .unwrap_or(None);
         // At least a moment between outbox rounds, so a schedule that is
         // due but cannot be served (a rate limit's edge) never spins.
@@ -430,7 +460,7 @@ async fn handle_command(
             let _ = reply.send(
                 shared
                     .store
-                    .entries(&shared.policy, SystemTime::now())
+                    .entries(&shared.policy(), SystemTime::now())
                     .map_err(CourierError::from),
             );
         },
@@ -446,24 +476,30 @@ async fn handle_command(
             peer,
             sequence: acked,
         } => send_ack(shared, sequence, &peer, acked).await,
+        Command::Reconfigure { config, reply } => {
+            shared.config.send_replace(config);
+            shared.refresh_outbox_size();
+            let _ = reply.send(Ok(()));
+        },
     }
 }
 
 /// Makes intents due now.
 fn rearm(shared: &Shared, peers: Option<Vec<PeerName>>) -> Result<usize, CourierError> {
+    let config = shared.config();
     let now = SystemTime::now();
     let names: Vec<PeerName> = match peers {
         Some(names) => names,
         None => shared
             .store
-            .entries(&shared.policy, now)?
+            .entries(&shared.policy(), now)?
             .into_iter()
             .map(|e| e.peer)
             .collect(),
     };
     let mut rearmed = 0;
     for name in names {
-        if shared.config.peer(name.as_str()).is_none() {
+        if config.peer(name.as_str()).is_none() {
             return Err(CourierError::UnknownPeer(name.to_string()));
         }
         if shared.store.retry(&name, now)? {
@@ -479,16 +515,16 @@ fn record_intents(
     peers: Option<Vec<PeerName>>,
     candidates: &[Candidate],
 ) -> Result<Vec<PeerName>, CourierError> {
+    let config = shared.config();
     if candidates.is_empty() {
         return Err(CourierError::NoCandidates);
     }
     let targets: Vec<&peerd_config::PeerConfig> = match &peers {
-        None => shared.config.peers.iter().filter(|p| p.announce).collect(),
+        None => config.peers.iter().filter(|p| p.announce).collect(),
         Some(names) => names
             .iter()
             .map(|n| {
-                shared
-                    .config
+                config
                     .peer(n.as_str())
                     .ok_or_else(|| CourierError::UnknownPeer(n.to_string()))
             })
@@ -521,7 +557,8 @@ async fn read_password(login: &Login) -> Result<Zeroizing<String>, String> {
 }
 
 async fn submission(shared: &Shared) -> Result<Submission, SendError> {
-    let smtp = &shared.config.mail.smtp;
+    let config = shared.config();
+    let smtp = &config.mail.smtp;
     let password = match &smtp.login {
         Some(login) => Some(read_password(login).await.map_err(SendError::Transient)?),
         None => None,
@@ -538,18 +575,19 @@ fn build_mail(
     candidates: &[Candidate],
     plain: bool,
 ) -> Result<(Vec<u8>, Option<u64>), SendError> {
+    let config = shared.config();
     let now = SystemTime::now();
-    let from = shared.config.mail.address.as_str();
+    let from = config.mail.address.as_str();
     let message_id = new_message_id(from).map_err(|e| SendError::Transient(e.to_string()))?;
     let headers = MailHeaders {
-        from_name: shared.config.identity.name.as_str(),
+        from_name: config.identity.name.as_str(),
         from,
         to: peer.email.as_str(),
         date: now,
         message_id: &message_id,
     };
     if plain {
-        let raw = plain_mail(&headers, candidates, now + shared.config.announce.valid_for)
+        let raw = plain_mail(&headers, candidates, now + config.announce.valid_for)
             .map_err(|e| SendError::Permanent(e.to_string()))?;
         return Ok((raw, None));
     }
@@ -565,7 +603,7 @@ fn build_mail(
         key,
         seq,
         now,
-        shared.config.announce.valid_for,
+        config.announce.valid_for,
         candidates.to_vec(),
     )
     .map_err(|e| SendError::Transient(e.to_string()))?;
@@ -578,7 +616,8 @@ fn build_mail(
 /// Sends everything the outbox says is due, over one connection. On
 /// shutdown it stops between mails (what is not sent stays due on disk).
 async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &CancellationToken) {
-    let due = match shared.store.due(&shared.policy, SystemTime::now()) {
+    let config = shared.config();
+    let due = match shared.store.due(&shared.policy(), SystemTime::now()) {
         Ok(due) => due,
         Err(e) => {
             warn!(error = %e, "cannot read the outbox");
@@ -594,7 +633,7 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &Cance
         if shutdown.is_cancelled() {
             break;
         }
-        let Some(peer) = shared.config.peer(item.peer.as_str()) else {
+        let Some(peer) = config.peer(item.peer.as_str()) else {
             // removed from the configuration since: forget the intent
             let _ = shared.store.remove(&item.peer);
             continue;
@@ -604,7 +643,7 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &Cance
             Ok(transport) => match build_mail(shared, sequence, peer, &item.candidates, item.plain)
             {
                 Ok((raw, seq)) => transport
-                    .send(&shared.config.mail.address, &peer.email, &raw)
+                    .send(&config.mail.address, &peer.email, &raw)
                     .await
                     .map(|()| seq),
                 Err(e) => Err(e),
@@ -618,7 +657,7 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &Cance
                     &item.peer,
                     item.generation,
                     seq.unwrap_or(0),
-                    &shared.policy,
+                    &shared.policy(),
                     now,
                 ) {
                     warn!(error = %e, "cannot record a sent announcement");
@@ -642,7 +681,7 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &Cance
                     item.generation,
                     kind,
                     error.message(),
-                    &shared.policy,
+                    &shared.policy(),
                     now,
                 ) {
                     warn!(error = %e, "cannot record a failed announcement");
@@ -665,10 +704,11 @@ async fn send_due(shared: &Shared, sequence: &mut SequenceFile, shutdown: &Cance
 /// Mails `peer` an ack for `acked` (best effort: if it is lost, the peer
 /// re-sends its announcement and gets another ack).
 async fn send_ack(shared: &Shared, sequence: &mut SequenceFile, peer: &PeerName, acked: u64) {
-    let Some(config) = shared.config.peer(peer.as_str()) else {
+    let config = shared.config();
+    let Some(peer_config) = config.peer(peer.as_str()) else {
         return;
     };
-    let Some(key) = config.public_key else {
+    let Some(key) = peer_config.public_key else {
         return;
     };
     let result = async {
@@ -681,20 +721,20 @@ async fn send_ack(shared: &Shared, sequence: &mut SequenceFile, peer: &PeerName,
             key,
             seq,
             now,
-            shared.config.announce.valid_for,
+            config.announce.valid_for,
             Vec::new(),
         )
         .map_err(|e| SendError::Transient(e.to_string()))?;
         message.body = Body::Ack { sequence: acked };
         let envelope =
             seal(&shared.identity, &message).map_err(|e| SendError::Permanent(e.to_string()))?;
-        let from = shared.config.mail.address.as_str();
+        let from = config.mail.address.as_str();
         let message_id = new_message_id(from).map_err(|e| SendError::Transient(e.to_string()))?;
         let raw = sealed_mail(
             &MailHeaders {
-                from_name: shared.config.identity.name.as_str(),
+                from_name: config.identity.name.as_str(),
                 from,
-                to: config.email.as_str(),
+                to: peer_config.email.as_str(),
                 date: now,
                 message_id: &message_id,
             },
@@ -703,7 +743,7 @@ async fn send_ack(shared: &Shared, sequence: &mut SequenceFile, peer: &PeerName,
         .map_err(|e| SendError::Permanent(e.to_string()))?;
         let mut transport = submission(shared).await?;
         let sent = transport
-            .send(&shared.config.mail.address, &config.email, &raw)
+            .send(&config.mail.address, &peer_config.email, &raw)
             .await;
         transport.close().await;
         sent
@@ -724,18 +764,29 @@ async fn receive_loop(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let incoming = &shared.config.mail.incoming;
+    let mut config = shared.config.subscribe();
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
-        let result = match incoming.protocol {
-            IncomingProtocol::Imap => imap_session(&shared, &commands, &wake, &shutdown).await,
-            IncomingProtocol::Pop3 => pop3_polling(&shared, &commands, &wake, &shutdown).await,
+        let protocol = config.borrow_and_update().mail.incoming.protocol;
+        let result = match protocol {
+            IncomingProtocol::Imap => {
+                imap_session(&shared, &commands, &wake, &shutdown, &config).await
+            },
+            IncomingProtocol::Pop3 => {
+                pop3_polling(&shared, &commands, &wake, &shutdown, &config).await
+            },
         };
         shared
             .state
             .send_if_modified(|s| std::mem::replace(&mut s.connected, false));
-        let Err(error) = result else {
-            return; // shut down cleanly
+        let error = match result {
+            Ok(Ended::Shutdown) => return,
+            Ok(Ended::Reconfigured) => {
+                info!("mailbox settings reloaded; connecting again");
+                failures = 0;
+                continue;
+            },
+            Err(error) => error,
         };
         failures = failures.saturating_add(1);
         warn!(%error, "mailbox check failed");
@@ -751,6 +802,20 @@ async fn receive_loop(
             () = tokio::time::sleep(delay) => {},
         }
     }
+}
+
+/// Why a mailbox session ended without an error.
+enum Ended {
+    /// The shutdown token was cancelled.
+    Shutdown,
+    /// The configuration changed: connect again with the new one.
+    Reconfigured,
+}
+
+/// Whether [`CourierHandle::reconfigure`] replaced the configuration since
+/// this session began.
+fn reconfigured(config: &watch::Receiver<Arc<Config>>) -> bool {
+    config.has_changed().unwrap_or(false)
 }
 
 /// The IMAP account's name in the ledger: user, server and port.
@@ -773,7 +838,8 @@ fn plain_senders(config: &Config) -> Vec<String> {
 }
 
 async fn login_password(shared: &Shared) -> Result<(String, Zeroizing<String>), String> {
-    match &shared.config.mail.incoming.login {
+    let config = shared.config();
+    match &config.mail.incoming.login {
         Some(login) => Ok((login.username.clone(), read_password(login).await?)),
         None => Err("no username/password configured for [mail.incoming]".to_owned()),
     }
@@ -787,12 +853,14 @@ async fn imap_session(
     commands: &mpsc::WeakSender<Command>,
     wake: &Notify,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let incoming = &shared.config.mail.incoming;
+    config_changes: &watch::Receiver<Arc<Config>>,
+) -> Result<Ended, String> {
+    let config = shared.config();
+    let incoming = &config.mail.incoming;
     let (user, password) = login_password(shared).await?;
     let tls = tls::client_config(incoming.ca_file.as_deref()).map_err(|e| e.to_string())?;
     let mut mailbox = tokio::select! {
-        () = shutdown.cancelled() => return Ok(()),
+        () = shutdown.cancelled() => return Ok(Ended::Shutdown),
         m = ImapMailbox::connect(incoming, &user, &password, tls, STEP_TIMEOUT) => m.map_err(|e| e.message)?,
     };
     drop(password);
@@ -800,7 +868,7 @@ async fn imap_session(
         .state
         .send_if_modified(|s| !std::mem::replace(&mut s.connected, true));
     let account = account(incoming);
-    let senders = plain_senders(&shared.config);
+    let senders = plain_senders(&config);
     let first = incoming
         .folders
         .first()
@@ -821,7 +889,7 @@ async fn imap_session(
                     last_uid: p.highest_uid,
                 });
             let scan = tokio::select! {
-                () = shutdown.cancelled() => { mailbox.logout().await; return Ok(()); },
+                () = shutdown.cancelled() => { mailbox.logout().await; return Ok(Ended::Shutdown); },
                 s = mailbox.scan(folder, mark, &senders, incoming.max_message_size) => s.map_err(|e| e.message)?,
             };
             let Some(scan) = scan else {
@@ -871,7 +939,11 @@ async fn imap_session(
         }
         if shutdown.is_cancelled() {
             mailbox.logout().await;
-            return Ok(());
+            return Ok(Ended::Shutdown);
+        }
+        if reconfigured(config_changes) {
+            mailbox.logout().await;
+            return Ok(Ended::Reconfigured);
         }
     }
 }
@@ -899,13 +971,15 @@ async fn dispose_imap(
 
 /// A peerd mail too large to download: reported, never fetched.
 fn oversize(shared: &Shared, size: u64) -> Verdict {
-    let limit = shared.config.mail.incoming.max_message_size;
+    let config = shared.config();
+    let limit = config.mail.incoming.max_message_size;
     warn!(
         size,
         limit, "a peerd mail larger than max_message_size was not downloaded"
     );
     shared.emit(CourierEvent::AnnouncementRejected {
-        sender: "(not downloaded)".to_owned(),
+        peer: None,
+        from: None,
         reason: Rejection::Malformed("larger than max_message_size"),
     });
     Verdict::Rejected("malformed")
@@ -936,14 +1010,15 @@ impl Verdict {
 
 /// Judges one downloaded mail and acts on the outcome.
 fn judge(shared: &Shared, commands: &mpsc::WeakSender<Command>, raw: &[u8]) -> Verdict {
+    let config = shared.config();
     let peers = shared.known_peers();
     let receiver = Receiver {
         identity: &shared.identity,
         peers: &peers,
         history: shared.store.as_ref(),
         now: SystemTime::now(),
-        clock_skew: shared.config.announce.clock_skew,
-        max_message_size: usize::try_from(shared.config.mail.incoming.max_message_size)
+        clock_skew: config.announce.clock_skew,
+        max_message_size: usize::try_from(config.mail.incoming.max_message_size)
             .unwrap_or(usize::MAX),
     };
     match receiver.receive(raw) {
@@ -963,10 +1038,7 @@ fn judge(shared: &Shared, commands: &mpsc::WeakSender<Command>, raw: &[u8]) -> V
                         candidates: candidates.clone(),
                         sequence: accepted.message.sequence,
                     });
-                    let auto_connect = shared
-                        .config
-                        .peer(peer.as_str())
-                        .is_some_and(|p| p.auto_connect);
+                    let auto_connect = config.peer(peer.as_str()).is_some_and(|p| p.auto_connect);
                     if !auto_connect && let Some(commands) = commands.upgrade() {
                         let _ = commands.try_send(Command::SendAck {
                             peer,
@@ -1010,14 +1082,12 @@ fn judge(shared: &Shared, commands: &mpsc::WeakSender<Command>, raw: &[u8]) -> V
             },
             reason => {
                 warn!(%rejected, "peerd mail rejected");
-                let sender = rejected
-                    .peer
-                    .as_ref()
-                    .map(ToString::to_string)
-                    .or(rejected.from)
-                    .unwrap_or_else(|| "(unknown)".to_owned());
                 let code = reason.code();
-                shared.emit(CourierEvent::AnnouncementRejected { sender, reason });
+                shared.emit(CourierEvent::AnnouncementRejected {
+                    peer: rejected.peer,
+                    from: rejected.from,
+                    reason,
+                });
                 Verdict::Rejected(code)
             },
         },
@@ -1031,10 +1101,12 @@ async fn pop3_polling(
     commands: &mpsc::WeakSender<Command>,
     wake: &Notify,
     shutdown: &CancellationToken,
-) -> Result<(), String> {
-    let incoming = &shared.config.mail.incoming;
+    config_changes: &watch::Receiver<Arc<Config>>,
+) -> Result<Ended, String> {
+    let config = shared.config();
+    let incoming = &config.mail.incoming;
     let account = account(incoming);
-    let senders = plain_senders(&shared.config);
+    let senders = plain_senders(&config);
     loop {
         let (user, password) = login_password(shared).await?;
         let tls = tls::client_config(incoming.ca_file.as_deref()).map_err(|e| e.to_string())?;
@@ -1061,7 +1133,7 @@ async fn pop3_polling(
             |size| oversize(shared, size),
         );
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
             r = poll => r?,
         }
         drop(password);
@@ -1070,9 +1142,12 @@ async fn pop3_polling(
             s.last_error = None;
         });
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(Ended::Shutdown),
             () = wake.notified() => {},
             () = tokio::time::sleep(incoming.poll_interval) => {},
+        }
+        if reconfigured(config_changes) {
+            return Ok(Ended::Reconfigured);
         }
     }
 }

@@ -443,10 +443,10 @@ async fn forged_announcements_are_rejected_with_the_reason_and_left_in_the_mailb
             .await
             .unwrap();
         hitoshi.handle.check_now();
-        let (sender, reason) = hitoshi
+        let (peer, from, reason) = hitoshi
             .wait_for(WITHIN, |e| match e {
-                CourierEvent::AnnouncementRejected { sender, reason } => {
-                    Some((sender.clone(), reason.clone()))
+                CourierEvent::AnnouncementRejected { peer, from, reason } => {
+                    Some((peer.clone(), from.clone(), reason.clone()))
                 },
                 CourierEvent::AnnouncementReceived { .. } => {
                     panic!("a forgery was accepted: {e:?}")
@@ -455,17 +455,74 @@ async fn forged_announcements_are_rejected_with_the_reason_and_left_in_the_mailb
             })
             .await;
         assert_eq!(reason, want);
-        let expected_sender = if want == Rejection::UnknownSender {
-            "alice@isp-a.test"
-        } else {
-            "alice"
-        };
-        assert_eq!(sender, expected_sender);
+        // the name only when the sealing key is in the book; the From,
+        // escaped, always
+        let expected_peer = (want != Rejection::UnknownSender).then(|| "alice".to_owned());
+        assert_eq!(peer.map(|p| p.to_string()), expected_peer);
+        assert_eq!(from.as_deref(), Some("alice@isp-a.test"));
     }
     // both are left for the user to inspect
     stack
         .wait_for_count("hitoshi@isp-b.test", "INBOX", 2, WITHIN)
         .await
         .unwrap();
+    hitoshi.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_with_a_new_peer_takes_effect_without_restart() {
+    let stack = MailStack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let alice = common::Host::start(
+        &stack,
+        &dir.path().join("alice"),
+        "alice",
+        "isp-a.test",
+        "hitoshi",
+        "isp-b.test",
+        &HostOptions::default(),
+    );
+    // hitoshi does not know alice yet
+    let mut hitoshi = common::Host::start(
+        &stack,
+        &dir.path().join("hitoshi"),
+        "hitoshi",
+        "isp-b.test",
+        "mallory",
+        "isp-a.test",
+        &HostOptions::default(),
+    );
+    alice
+        .handle
+        .announce(None, vec![candidate("203.0.113.31:7447")])
+        .await
+        .unwrap();
+    let reason = hitoshi
+        .wait_for(WITHIN, |e| match e {
+            CourierEvent::AnnouncementRejected { reason, .. } => Some(reason.clone()),
+            CourierEvent::AnnouncementReceived { .. } => panic!("accepted from a stranger"),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reason, Rejection::UnknownSender);
+    // the reload adds alice; her next announcement is accepted
+    hitoshi
+        .reconfigure(
+            &stack,
+            "isp-b.test",
+            "alice",
+            "isp-a.test",
+            &HostOptions::default(),
+        )
+        .await;
+    alice.handle.send_now(None).await.unwrap();
+    let from = hitoshi
+        .wait_for(WITHIN, |e| match e {
+            CourierEvent::AnnouncementReceived { peer, .. } => Some(peer.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(from.as_str(), "alice");
+    alice.stop().await;
     hitoshi.stop().await;
 }

@@ -189,6 +189,24 @@ impl Host {
         }
     }
 
+    /// Reloads the courier with `me`'s configuration naming another peer.
+    pub async fn reconfigure(
+        &self,
+        stack: &MailStack,
+        domain: &str,
+        peer: &str,
+        peer_domain: &str,
+        o: &HostOptions,
+    ) {
+        let text = config_text(stack, &self.dir, self.name, domain, peer, peer_domain, o);
+        let loaded = peerd_config::parse(&text, Path::new("test.toml"), 0o600)
+            .unwrap_or_else(|p| panic!("test config invalid:\n{p}\n{text}"));
+        self.handle
+            .reconfigure(Arc::new(loaded.config))
+            .await
+            .unwrap();
+    }
+
     /// Stops the courier and waits for its tasks.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
