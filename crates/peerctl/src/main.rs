@@ -2,37 +2,67 @@
 //!
 //! Every command is parsed and checked here first, with peerd-core's types
 //! (peer and service names, public keys, mail addresses), so a typo is a
-//! usage error (exit 2) that never reaches the daemon. Then the command goes to the daemon over its
-//! control socket. The control protocol arrives with the daemon in a later
-//! issue; until then every well-formed command ends with "daemon not
-//! reachable" (exit 69) and prints nothing on stdout.
+//! usage error (exit 2) that never reaches the daemon. Then the command
+//! goes to the daemon over its control socket (the protocol of
+//! `peerd-control`, `docs/control-protocol.md`), and the answer is printed:
+//! as aligned text, or with `--json` as one JSON document on stdout.
+//! Errors go to stderr as one `peerctl: cannot ...: why` line, with the
+//! sysexits(3) status INTERFACE.md names.
+//!
+//! peerctl is a small blocking program: no async runtime, no daemon
+//! crates, only peerd-core and peerd-control.
 //!
 //! # Layout
 //! - [`Cli`] and [`Command`]: the command line, as INTERFACE.md lists it.
 //! - [`Command::action`]: what a command asks for, in words, for messages.
-//! - [`exit`]: the sysexits codes peerctl uses.
+//! - [`Command::request`]: the control request it sends.
+//! - [`exit`]: the sysexits codes peerctl uses, and [`Failure`].
+//! - `output`: the text and JSON forms of the answers.
+//! - `bridge`: `open`'s copying between stdin/stdout and the socket.
 
-use std::path::PathBuf;
+mod bridge;
+mod output;
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+use peerd_control::{Client, ClientError, ErrorKind, Request};
 use peerd_core::{MailAddress, PeerName, PublicKey, ServiceName};
 
 /// The exit statuses peerctl sets, from sysexits(3) (INTERFACE.md,
 /// "Programs"). 0 is success and 2 (usage error) is set by clap.
 mod exit {
+    /// The operation failed; the message says why.
+    pub const FAILED: u8 = 1;
     /// `EX_UNAVAILABLE`: the daemon could not be reached.
     pub const UNAVAILABLE: u8 = 69;
+    /// `EX_TEMPFAIL`: timed out.
+    pub const TEMPFAIL: u8 = 75;
+    /// `EX_NOPERM`: permission denied.
+    pub const NOPERM: u8 = 77;
 }
+
+/// This program, as the daemon's log names it.
+const SOFTWARE: &str = concat!("peerctl ", env!("CARGO_PKG_VERSION"));
+
+/// How long connecting and the hello may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the daemon may take to answer a request that only reads or
+/// changes its own state.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long it may take for one that dials, sends mail or connects.
+const SLOW_TIMEOUT: Duration = Duration::from_secs(300);
+/// How much longer than `--wait` peerctl waits for `call`'s answer (the
+/// daemon times the wait itself and answers "timed out").
+const CALL_GRACE: Duration = Duration::from_secs(30);
 
 /// The socket used when neither `--socket` nor `$PEERD_SOCKET` names one.
 const DEFAULT_SOCKET: &str = "/run/peerd/control.sock";
 /// The environment variable that names the socket when `--socket` does not.
 const SOCKET_ENV: &str = "PEERD_SOCKET";
-
-/// Why no command reaches the daemon yet.
-const NO_PROTOCOL: &str =
-    "this version of peerctl has no control protocol yet; it arrives with the daemon";
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -223,6 +253,24 @@ event, or with --json one JSON object per line.")]
         json: bool,
     },
 
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        hide = true,
+        long_about = "\
+Print a completion script for SHELL on stdout. Not a daemon command: it \
+works without peerd. Install it where your shell looks for completions.
+
+Examples:
+  peerctl completions bash > /etc/bash_completion.d/peerctl
+  peerctl completions zsh > /usr/local/share/zsh/site-functions/_peerctl
+  peerctl completions fish > ~/.config/fish/completions/peerctl.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+
     /// Print this host's public key and fingerprint, to give to peers.
     #[command(long_about = "\
 Print this host's public key and its fingerprint, as the daemon has them. \
@@ -344,6 +392,79 @@ impl Command {
             Self::Link(LinkCommand::Status { .. }) => "show the link".to_owned(),
             Self::Events { .. } => "follow the events".to_owned(),
             Self::Key { .. } => "show this host's key".to_owned(),
+            Self::Completions { shell } => format!("print {shell} completions"),
+        }
+    }
+
+    /// The control request this command sends; `None` for the command that
+    /// does not talk to the daemon (`completions`).
+    fn request(&self) -> Option<Request> {
+        Some(match self {
+            Self::Status { .. } => Request::Status,
+            Self::Peers { .. } => Request::Peers,
+            Self::Peer(PeerCommand::Add {
+                name,
+                email,
+                key,
+                no_announce,
+                accept_unsigned,
+            }) => Request::PeerAdd {
+                name: name.clone(),
+                email: email.clone(),
+                key: *key,
+                announce: !no_announce,
+                accept_unsigned: *accept_unsigned,
+            },
+            Self::Peer(PeerCommand::Remove { name }) => Request::PeerRemove { name: name.clone() },
+            Self::Outbox { .. } => Request::Outbox,
+            Self::Announce { peers } => Request::Announce {
+                peers: peers.clone(),
+            },
+            Self::Check => Request::Check,
+            Self::Call { name, wait } => Request::Call {
+                peer: name.clone(),
+                wait_secs: *wait,
+            },
+            Self::Connect { name } => Request::Connect { peer: name.clone() },
+            Self::Disconnect { name } => Request::Disconnect { peer: name.clone() },
+            Self::Open { name, service } => Request::Open {
+                peer: name.clone(),
+                service: service.clone(),
+            },
+            Self::Link(LinkCommand::Up) => Request::LinkUp,
+            Self::Link(LinkCommand::Down) => Request::LinkDown,
+            Self::Link(LinkCommand::Status { .. }) => Request::LinkStatus,
+            Self::Events { .. } => Request::Events,
+            Self::Key { .. } => Request::Key,
+            Self::Completions { .. } => return None,
+        })
+    }
+
+    /// Whether the answer is to be printed as JSON.
+    fn json(&self) -> bool {
+        match self {
+            Self::Status { output }
+            | Self::Peers { output }
+            | Self::Outbox { output }
+            | Self::Link(LinkCommand::Status { output })
+            | Self::Key { output } => output.json,
+            Self::Events { json } => *json,
+            _ => false,
+        }
+    }
+
+    /// How long to wait for the daemon's answer.
+    fn timeout(&self) -> Duration {
+        match self {
+            Self::Call { wait, .. } => Duration::from_secs(*wait).saturating_add(CALL_GRACE),
+            Self::Peer(_)
+            | Self::Announce { .. }
+            | Self::Check
+            | Self::Connect { .. }
+            | Self::Disconnect { .. }
+            | Self::Open { .. }
+            | Self::Link(LinkCommand::Up | LinkCommand::Down) => SLOW_TIMEOUT,
+            _ => QUICK_TIMEOUT,
         }
     }
 }
@@ -363,14 +484,123 @@ impl Cli {
     }
 }
 
+/// Why peerctl stops with a status other than 0.
+#[derive(Debug)]
+struct Failure {
+    /// The exit status.
+    status: u8,
+    /// What went wrong (after "peerctl: cannot ACTION: ").
+    message: String,
+}
+
+impl Failure {
+    fn new(status: u8, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// The failure a client error means, with a hint where one helps.
+    fn from_client(e: &ClientError) -> Self {
+        match e {
+            ClientError::Unreachable { .. } => Self::new(
+                exit::UNAVAILABLE,
+                format!("{e} (is peerd running? try `systemctl status peerd`)"),
+            ),
+            ClientError::PermissionDenied { .. } => Self::new(
+                exit::NOPERM,
+                format!(
+                    "{e}; run as root or as a member of the group in [control] group of peerd.toml"
+                ),
+            ),
+            ClientError::TimedOut(_) => Self::new(exit::TEMPFAIL, e.to_string()),
+            ClientError::Closed => Self::new(exit::UNAVAILABLE, e.to_string()),
+            ClientError::Refused(refusal) => Self::new(
+                match refusal.kind {
+                    ErrorKind::PermissionDenied => exit::NOPERM,
+                    ErrorKind::Timeout => exit::TEMPFAIL,
+                    ErrorKind::Unavailable => exit::UNAVAILABLE,
+                    _ => exit::FAILED,
+                },
+                output::clean(&refusal.message).into_owned(),
+            ),
+            _ => Self::new(exit::FAILED, e.to_string()),
+        }
+    }
+}
+
+impl From<ClientError> for Failure {
+    fn from(e: ClientError) -> Self {
+        Self::from_client(&e)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    eprintln!(
-        "peerctl: cannot {}: peerd is not reachable at {}: {NO_PROTOCOL}",
-        cli.command.action(),
-        cli.socket().display()
-    );
-    ExitCode::from(exit::UNAVAILABLE)
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            // Nowhere better to report a failing stderr.
+            let _ = writeln!(
+                io::stderr().lock(),
+                "peerctl: cannot {}: {}",
+                cli.command.action(),
+                failure.message
+            );
+            ExitCode::from(failure.status)
+        },
+    }
+}
+
+/// Does the command: asks the daemon, prints the answer.
+fn run(cli: &Cli) -> Result<(), Failure> {
+    let Some(request) = cli.command.request() else {
+        if let Command::Completions { shell } = &cli.command {
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut Cli::command(), "peerctl", &mut out);
+            return output::write_stdout(&out);
+        }
+        return Ok(());
+    };
+    let socket = cli.socket();
+    let mut client = Client::connect(&socket, SOFTWARE, CONNECT_TIMEOUT)?;
+    let json = cli.command.json();
+    match &cli.command {
+        Command::Events { .. } => follow_events(&mut client, &socket, json),
+        Command::Open { .. } => {
+            // The answer is StreamOpen (the client checks that it fits the
+            // request); from here on the socket carries the stream.
+            client.request(&request, Some(cli.command.timeout()))?;
+            let (stream, early) = client.into_stream();
+            bridge::run(stream, &early)
+        },
+        _ => {
+            let response = client.request(&request, Some(cli.command.timeout()))?;
+            output::print_response(&response, json)
+        },
+    }
+}
+
+/// `events`: prints each event as it comes, until interrupted.
+fn follow_events(client: &mut Client, socket: &Path, json: bool) -> Result<(), Failure> {
+    client.request(&Request::Events, Some(QUICK_TIMEOUT))?;
+    loop {
+        match client.next_event()? {
+            Some(event) => {
+                if !output::print_event(&event, json)? {
+                    // stdout closed (`peerctl events | head`): done
+                    return Ok(());
+                }
+            },
+            None => {
+                return Err(Failure::new(
+                    exit::UNAVAILABLE,
+                    format!("peerd at {} closed the event stream", socket.display()),
+                ));
+            },
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! peerctl's command line, run as the real binary: help, usage errors,
-//! argument checks, and "daemon not reachable" until the control protocol
-//! exists.
+//! argument checks, "daemon not reachable" (exit 69) when no daemon
+//! listens, and shell completions. peerctl against a serving control
+//! socket, command by command, is tested in crates/peerd/tests/peerctl.rs
+//! (it needs the daemon's server).
 
 use std::process::{Command, Output};
 
@@ -271,17 +273,12 @@ fn valid_commands_report_the_daemon_unreachable() {
             "{args:?}: nothing is faked on stdout"
         );
         let err = stderr(&out);
-        assert!(err.starts_with("peerctl: "), "{err}");
+        assert!(err.starts_with("peerctl: cannot "), "{err}");
         assert!(
-            err.contains("not reachable at /nonexistent/peerd-test.sock"),
+            err.contains("peerd is not reachable at /nonexistent/peerd-test.sock: "),
             "{err}"
         );
-        assert!(
-            err.contains(
-                "this version of peerctl has no control protocol yet; it arrives with the daemon"
-            ),
-            "{err}"
-        );
+        assert!(err.contains("is peerd running?"), "{err}");
         assert_eq!(err.lines().count(), 1, "{err}");
     }
 }
@@ -309,4 +306,32 @@ fn the_socket_comes_from_the_option_the_environment_or_the_default() {
         .contains("at /tmp/opt.sock:")
     );
     assert!(run(&["--socket", "/tmp/opt.sock", "key"], None).contains("at /tmp/opt.sock:"));
+}
+
+#[test]
+fn completions_are_generated_without_a_daemon() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = peerctl(&[
+            "--socket",
+            "/nonexistent/peerd-test.sock",
+            "completions",
+            shell,
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{shell}: {}", stderr(&out));
+        let script = String::from_utf8(out.stdout).unwrap();
+        assert!(script.contains("peerctl"), "{shell}");
+        for word in ["announce", "disconnect", "service", "json"] {
+            assert!(script.contains(word), "{shell}: no {word}");
+        }
+    }
+    assert_eq!(
+        peerctl(&["completions", "tcsh"]).status.code(),
+        Some(EX_USAGE)
+    );
+    assert_eq!(peerctl(&["completions"]).status.code(), Some(EX_USAGE));
+    // not in the list of daemon commands
+    let help = String::from_utf8(peerctl(&["--help"]).stdout).unwrap();
+    assert!(!help.contains("completions"), "{help}");
+    let help = String::from_utf8(peerctl(&["completions", "--help"]).stdout).unwrap();
+    assert!(help.contains("bash_completion"), "{help}");
 }

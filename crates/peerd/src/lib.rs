@@ -15,8 +15,10 @@
 //! - [`address_book`]: the effective address book (`[[peer]]` plus the
 //!   runtime peers of `peerctl peer add`), conflicts between the two.
 //! - [`hooks`]: the hooks runner (`hooks_dir`, `PEERD_*` variables).
+//! - [`control`]: the control socket `peerctl` talks to.
 
 pub mod address_book;
+pub mod control;
 pub mod hooks;
 
 use std::future::Future;
