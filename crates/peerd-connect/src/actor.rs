@@ -78,6 +78,14 @@ use crate::wire::{
     write_frame,
 };
 
+/// What a service stream copies per read and write, each way, between
+/// the QUIC stream and the service's TCP connection (so 512 KiB per open
+/// service stream). tokio's default of 8 KiB made this copy the bottleneck:
+/// a 256 MiB stream to a TCP sink on loopback ran at 609 MB/s with it and
+/// at 920 MB/s with 256 KiB (64 KiB and 128 KiB fell in between), measured
+/// by `examples/throughput.rs` (docs/performance.md).
+const SERVICE_COPY_BUFFER: usize = 256 * 1024;
+
 /// Timings that are not in the configuration file: the daemon uses
 /// [`Tuning::default`]; tests shorten them.
 #[derive(Debug, Clone)]
@@ -533,6 +541,15 @@ where
     })
 }
 
+/// The receive buffer asked for on every UDP socket. Linux's default
+/// (208 KiB) overflows when a fast sender's datagrams arrive faster than
+/// the actor reads them, and every drop halves QUIC's congestion window:
+/// a 256 MiB stream on loopback lost 471 datagrams and ran at 920 MB/s
+/// with the default, none and 1220 MB/s with this (`examples/throughput.rs`,
+/// docs/performance.md). The kernel caps the request at
+/// `net.core.rmem_max`; a smaller buffer is not an error.
+const UDP_RECEIVE_BUFFER: usize = 2 * 1024 * 1024;
+
 /// A UDP socket on `address`; an IPv6 one is IPv6-only, so `0.0.0.0` and
 /// `::` can share a port.
 fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -543,6 +560,9 @@ fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     )?;
     if address.is_ipv6() {
         socket.set_only_v6(true)?;
+    }
+    if let Err(e) = socket.set_recv_buffer_size(UDP_RECEIVE_BUFFER) {
+        debug!(%address, error = %e, "Cannot enlarge the UDP receive buffer");
     }
     socket.bind(&address.into())?;
     Ok(socket.into())
@@ -1816,7 +1836,14 @@ async fn serve_stream(
             debug!(%peer, service = %name, "Stream connected to the service");
             let mut stream = PeerStream::new(send, recv, shared, Some(name.clone()));
             let mut tcp = tcp;
-            match tokio::io::copy_bidirectional(&mut stream, &mut tcp).await {
+            let copied = tokio::io::copy_bidirectional_with_sizes(
+                &mut stream,
+                &mut tcp,
+                SERVICE_COPY_BUFFER,
+                SERVICE_COPY_BUFFER,
+            )
+            .await;
+            match copied {
                 Ok((to_service, to_peer)) => {
                     debug!(%peer, service = %name, to_service, to_peer, "Stream ended");
                 },
