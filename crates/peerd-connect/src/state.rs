@@ -110,6 +110,22 @@ pub enum FailReason {
     Lost(DisconnectReason),
 }
 
+impl FailReason {
+    /// A short kebab-case word for hooks and scripts (`PEERD_REASON`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Timeout { .. } => "timed-out",
+            Self::Cancelled => "cancelled",
+            Self::NoUsableAddress => "no-usable-address",
+            Self::RefusedByPeer => "refused-by-peer",
+            Self::WrongKey { .. } => "wrong-key",
+            Self::Unreachable(_) => "unreachable",
+            Self::Protocol(_) => "protocol-error",
+            Self::Lost(r) => r.code(),
+        }
+    }
+}
+
 impl fmt::Display for FailReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -161,6 +177,23 @@ pub enum DisconnectReason {
     IdleTimeout,
     /// Anything else: the connection's error in words.
     Lost(String),
+}
+
+impl DisconnectReason {
+    /// A short kebab-case word for hooks and scripts (`PEERD_REASON`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::PeerAddressChanged => "peer-address-changed",
+            Self::Replaced => "replaced",
+            Self::Requested => "requested",
+            Self::ClosedByPeer => "closed-by-peer",
+            Self::PeerShuttingDown => "peer-shutting-down",
+            Self::ShuttingDown => "shutting-down",
+            Self::KeyRemoved => "key-removed",
+            Self::IdleTimeout => "idle-timeout",
+            Self::Lost(_) => "connection-lost",
+        }
+    }
 }
 
 impl fmt::Display for DisconnectReason {

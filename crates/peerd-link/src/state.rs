@@ -413,6 +413,20 @@ pub enum FailureReason {
     },
 }
 
+impl FailureReason {
+    /// A short kebab-case word for hooks and scripts (`PEERD_REASON`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::Pppd { .. } => "pppd-exited",
+            Self::PppdKilled { .. } => "pppd-killed",
+            Self::Spawn { .. } => "spawn-failed",
+            Self::Modem(_) => "modem-failed",
+            Self::NoAddress { .. } => "no-address",
+            Self::GaveUp { .. } => "gave-up",
+        }
+    }
+}
+
 impl fmt::Display for FailureReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -207,6 +207,9 @@ impl fmt::Display for InterfaceName {
 pub struct ReasonCode(&'static str);
 
 impl ReasonCode {
+    /// `unknown`: what is reported if a code somehow is not one.
+    pub const UNKNOWN: Self = Self("unknown");
+
     /// `code`, if it is a code: 1 to 64 bytes of `[a-z0-9-]`.
     pub fn new(code: &'static str) -> Option<Self> {
         let ok = !code.is_empty()

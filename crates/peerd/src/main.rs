@@ -307,9 +307,9 @@ fn run(config_path: &Path) -> Result<(), Failure> {
         // signal that follows that message always gets a clean shutdown.
         let shutdown = shutdown_signal()
             .map_err(|e| Failure::new(exit::OSERR, anyhow!("cannot handle signals: {e}")))?;
-        peerd::run(config, identity, shutdown)
+        peerd::run(config_path, config, identity, shutdown)
             .await
-            .map_err(|e| Failure::new(exit::FAILURE, e))
+            .map_err(|e| Failure::new(exit::FAILURE, e.into()))
     })
 }
 

@@ -80,13 +80,29 @@ host = "smtp.isp-a.example"
 [mail.incoming]
 protocol = "imap"
 host = "mail.isp-a.example"
+
+[control]
+socket = "{}"
+
+[listen]
+port = {}
+addresses = ["127.0.0.1"]
 "#,
             key_file.display(),
-            dir.join("state").display()
+            dir.join("state").display(),
+            dir.join("control.sock").display(),
+            free_udp_port(),
         ),
     )
     .unwrap();
     config
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (the daemon's
+/// listening port; tests run in parallel).
+fn free_udp_port() -> u16 {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().port()
 }
 
 /// Checks `peerd pubkey`-style output against the key in `key_file`.
@@ -389,7 +405,7 @@ fn run_until(signal: Signal, args: &[&str]) -> Vec<String> {
     let mut cmd_args = vec!["--config", path_str(&config)];
     cmd_args.extend_from_slice(args);
     let mut daemon = Daemon::start(peerd_command(&cmd_args));
-    daemon.wait_for("peerd started");
+    daemon.wait_for("peerd ready");
     daemon.signal(signal);
     let (code, stderr) = daemon.wait_exit();
     assert_eq!(code, Some(0), "{stderr:#?}");
@@ -423,7 +439,7 @@ fn run_never_logs_the_secret_key() {
         "--log-level",
         "trace",
     ]));
-    daemon.wait_for("peerd started");
+    daemon.wait_for("peerd ready");
     daemon.signal(Signal::SIGTERM);
     let (code, stderr) = daemon.wait_exit();
     assert_eq!(code, Some(0));
@@ -436,7 +452,7 @@ fn log_level_wins_over_rust_log() {
     let mut cmd = peerd_command(&["--config", path_str(&config), "--log-level", "info"]);
     cmd.env("RUST_LOG", "off");
     let mut daemon = Daemon::start(cmd);
-    daemon.wait_for("peerd started");
+    daemon.wait_for("peerd ready");
     daemon.signal(Signal::SIGTERM);
     assert_eq!(daemon.wait_exit().0, Some(0));
 
@@ -450,7 +466,7 @@ fn log_level_wins_over_rust_log() {
         let mut cmd = peerd_command(&args);
         cmd.env("RUST_LOG", rust_log);
         let mut daemon = Daemon::start(cmd);
-        daemon.wait_for("peerd started");
+        daemon.wait_for("peerd ready");
         daemon.signal(Signal::SIGTERM);
         let (code, stderr) = daemon.wait_exit();
         assert_eq!(code, Some(0));
@@ -488,7 +504,7 @@ fn run_without_a_key_points_to_keygen() {
         config.display()
     );
     assert!(err.contains(&hint), "{err}");
-    assert!(!err.contains("peerd started"), "{err}");
+    assert!(!err.contains("peerd starting"), "{err}");
 }
 
 #[test]
