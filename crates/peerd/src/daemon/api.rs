@@ -622,3 +622,86 @@ impl ControlApi for DaemonApi {
         KeyInfo::new(self.name.to_string(), self.public_key)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use peerd_core::{AddressClass, AddressFlags, InterfaceAddress};
+
+    use super::*;
+
+    fn address(ip: &str) -> InterfaceAddress {
+        let ip: IpAddr = ip.parse().unwrap();
+        InterfaceAddress {
+            ip,
+            prefix_len: if ip.is_ipv4() { 24 } else { 64 },
+            class: AddressClass::of(ip),
+            flags: AddressFlags::default(),
+        }
+    }
+
+    #[test]
+    fn candidates_take_the_listening_port_of_their_family() {
+        let snapshot = AddressSnapshot {
+            interface: Some("ppp0".into()),
+            up: true,
+            addresses: vec![address("203.0.113.7"), address("2001:db8::7")],
+            announceable: vec![address("2001:db8::7"), address("203.0.113.7")],
+        };
+        let listening: Vec<SocketAddr> = vec![
+            "0.0.0.0:7447".parse().unwrap(),
+            "[::]:7448".parse().unwrap(),
+        ];
+        let c = candidates_of(&snapshot, &listening);
+        let addrs: Vec<String> = c.iter().map(|c| c.addr.to_string()).collect();
+        assert_eq!(addrs, ["[2001:db8::7]:7448", "203.0.113.7:7447"]);
+        assert!(c.iter().all(|c| c.kind == CandidateKind::Host));
+    }
+
+    #[test]
+    fn candidates_use_the_one_port_when_only_one_family_listens() {
+        let snapshot = AddressSnapshot {
+            announceable: vec![address("2001:db8::7")],
+            ..AddressSnapshot::default()
+        };
+        let listening: Vec<SocketAddr> = vec!["0.0.0.0:7447".parse().unwrap()];
+        let c = candidates_of(&snapshot, &listening);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].addr.to_string(), "[2001:db8::7]:7447");
+    }
+
+    #[test]
+    fn no_candidates_without_an_address_or_a_socket() {
+        let empty = AddressSnapshot::default();
+        let listening: Vec<SocketAddr> = vec!["0.0.0.0:7447".parse().unwrap()];
+        assert!(candidates_of(&empty, &listening).is_empty());
+        let snapshot = AddressSnapshot {
+            announceable: vec![address("203.0.113.7")],
+            ..AddressSnapshot::default()
+        };
+        assert!(candidates_of(&snapshot, &[]).is_empty());
+    }
+
+    #[test]
+    fn errors_map_to_the_kinds_peerctl_turns_into_exit_codes() {
+        let peer: PeerName = "hitoshi".parse().unwrap();
+        assert_eq!(
+            courier_error(CourierError::Gone).kind,
+            ErrorKind::Unavailable
+        );
+        assert_eq!(
+            connect_error(ConnectError::NotConnected(peer.clone())).kind,
+            ErrorKind::NotConnected
+        );
+        assert_eq!(
+            open_error(OpenError::NoKey(peer.clone())).kind,
+            ErrorKind::NoKey
+        );
+        assert_eq!(open_error(OpenError::Timeout(10)).kind, ErrorKind::Timeout);
+        assert_eq!(
+            connect_error(ConnectError::UnknownPeer("x".into())).kind,
+            ErrorKind::UnknownPeer
+        );
+    }
+}

@@ -554,3 +554,73 @@ fn restart_needed(old: &Config, new: &Config) -> Vec<&'static str> {
     }
     sections
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[identity]
+name = "alice"
+key_file = "/tmp/peerd-test.key"
+
+[state]
+dir = "/tmp/peerd-test-state"
+
+[mail]
+address = "alice@isp-a.example"
+
+[mail.smtp]
+host = "smtp.isp-a.example"
+
+[mail.incoming]
+protocol = "imap"
+host = "mail.isp-a.example"
+"#;
+
+    fn config(extra: &str) -> Config {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("peerd.toml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        peerd_config::load(&path).unwrap().config
+    }
+
+    #[test]
+    fn a_reload_names_the_sections_that_need_a_restart() {
+        let old = config("");
+        assert!(restart_needed(&old, &config("")).is_empty());
+        let peer =
+            "\n[[peer]]\nname = \"hitoshi\"\nemail = \"h@isp-b.example\"\nformat = \"plain\"\n";
+        assert!(
+            restart_needed(&old, &config(peer)).is_empty(),
+            "peers are applied by a reload"
+        );
+        assert_eq!(
+            restart_needed(&old, &config("\n[listen]\nport = 7000\n")),
+            ["listen"]
+        );
+        assert_eq!(
+            restart_needed(&old, &config("\n[link]\ninterface = \"eth0\"\n")),
+            ["link"]
+        );
+        assert_eq!(
+            restart_needed(&old, &config("\n[announce]\ndebounce = \"5s\"\n")),
+            ["announce (debounce, publish, ipv6)"]
+        );
+    }
+
+    #[test]
+    fn a_missing_state_dir_is_created_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/b");
+        create_state_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // An existing one is fine, and left as it is.
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o750)).unwrap();
+        create_state_dir(&state).unwrap();
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o750);
+    }
+}

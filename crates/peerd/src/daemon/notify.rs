@@ -21,7 +21,12 @@ pub struct Notifier {
 impl Notifier {
     /// The socket of `NOTIFY_SOCKET`, if set and usable.
     pub fn from_env() -> Self {
-        let target = std::env::var_os("NOTIFY_SOCKET").and_then(|raw| {
+        Self::to(std::env::var_os("NOTIFY_SOCKET"))
+    }
+
+    /// The socket named by `value` (as `NOTIFY_SOCKET` would name it).
+    pub fn to(value: Option<std::ffi::OsString>) -> Self {
+        let target = value.and_then(|raw| {
             let text = raw.to_string_lossy();
             let parsed = match text.strip_prefix('@') {
                 Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
@@ -48,4 +53,38 @@ fn send(target: &SocketAddr, state: &str) -> io::Result<()> {
     let socket = UnixDatagram::unbound()?;
     socket.send_to_addr(state.as_bytes(), target)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn received(socket: &UnixDatagram) -> String {
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut buf = [0u8; 256];
+        let n = socket.recv(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[test]
+    fn notifies_a_socket_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify");
+        let socket = UnixDatagram::bind(&path).unwrap();
+        Notifier::to(Some(path.into_os_string())).notify("READY=1");
+        assert_eq!(received(&socket), "READY=1");
+    }
+
+    #[test]
+    fn notifies_an_abstract_socket() {
+        let name = format!("peerd-notify-test-{}", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let socket = UnixDatagram::bind_addr(&addr).unwrap();
+        Notifier::to(Some(format!("@{name}").into())).notify("STOPPING=1");
+        assert_eq!(received(&socket), "STOPPING=1");
+    }
 }
