@@ -17,10 +17,12 @@
 //!   runtime peers of `peerctl peer add`), conflicts between the two.
 //! - [`hooks`]: the hooks runner (`hooks_dir`, `PEERD_*` variables).
 //! - [`control`]: the control socket `peerctl` talks to.
+//! - [`dbus`]: the D-Bus interface `org.peerd.Peerd1`, over the same API.
 
 pub mod address_book;
 pub mod control;
 pub mod daemon;
+pub mod dbus;
 pub mod hooks;
 
 pub use daemon::{DaemonError, SHUTDOWN_DEADLINE, run};

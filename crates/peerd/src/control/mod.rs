@@ -144,6 +144,32 @@ pub trait ControlApi: Send + Sync + 'static {
 
     /// `key`: this host's public key.
     fn key(&self) -> KeyInfo;
+
+    /// D-Bus `Call`: begins the caller flow for `peer` (link up, announce,
+    /// wait for the session) and completes once the announcement is
+    /// queued; the daemon carries on with the flow on its own (its leases
+    /// sized as for a `call` with the default wait), and reports the
+    /// session with [`EventKind::PeerConnected`](peerd_control::EventKind::PeerConnected).
+    /// Errors as [`call`](Self::call) for what is known before queueing:
+    /// unknown peer, no key, link that cannot come up.
+    ///
+    /// The default checks the peer in [`peers`](Self::peers) and queues an
+    /// announcement to it with [`announce`](Self::announce), leaving the
+    /// rest to `auto_connect`; a daemon that holds the link for a call
+    /// (on-demand links) overrides it.
+    fn call_start(&self, peer: PeerName) -> impl Future<Output = Result<(), ControlError>> + Send {
+        async move {
+            let peers = self.peers().await?;
+            let info = peers
+                .iter()
+                .find(|p| p.name == peer)
+                .ok_or_else(|| ControlError::unknown_peer(&peer))?;
+            if info.key.is_none() {
+                return Err(ControlError::no_key(&peer));
+            }
+            self.announce(vec![peer]).await.map(drop)
+        }
+    }
 }
 
 /// Timeouts and connection limits of the control socket.

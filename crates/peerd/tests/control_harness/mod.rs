@@ -132,6 +132,51 @@ pub fn link(state: LinkState) -> LinkInfo {
     }
 }
 
+/// What `status` answers at first.
+pub fn initial_status() -> StatusInfo {
+    StatusInfo {
+        name: "alice".into(),
+        fingerprint: identity().public_key().fingerprint().to_string(),
+        link: link(LinkState::Up),
+        interface: InterfaceInfo {
+            configured: "ppp0".into(),
+            name: Some("ppp0".into()),
+            up: true,
+            addresses: vec![
+                AddressInfo {
+                    ip: "203.0.113.7".parse().unwrap(),
+                    prefix_len: 32,
+                    class: AddressClass::Public,
+                    announced: true,
+                    temporary: false,
+                    deprecated: false,
+                    tentative: false,
+                },
+                AddressInfo {
+                    ip: "fe80::1".parse().unwrap(),
+                    prefix_len: 64,
+                    class: AddressClass::LinkLocal,
+                    announced: false,
+                    temporary: false,
+                    deprecated: false,
+                    tentative: false,
+                },
+            ],
+        },
+        mailbox: MailboxInfo {
+            protocol: MailProtocol::Imap,
+            connected: true,
+            last_check: Some(at()),
+            next_check: None,
+            pending: 1,
+            rejected: 2,
+            last_error: None,
+        },
+        outbox_size: 1,
+        connected_peers: vec![session(&name("hitoshi"))],
+    }
+}
+
 /// Counts the futures of requests that were dropped before they finished.
 struct DropGuard<'a>(&'a AtomicUsize);
 
@@ -154,6 +199,11 @@ pub struct FakeApi {
     pub log: Mutex<Vec<String>>,
     /// `check` fails while set.
     pub check_fails: AtomicBool,
+    /// `check` never completes while set (a mail server that does not
+    /// answer).
+    pub check_hangs: AtomicBool,
+    /// What `status` answers; tests change it (then send the event).
+    pub status: Mutex<StatusInfo>,
     /// Request futures dropped unfinished (client gone, timeout, stop).
     pub dropped: AtomicUsize,
     /// The test's ends of the streams `open` made.
@@ -171,6 +221,8 @@ impl FakeApi {
             peers: Mutex::new(initial_peers()),
             log: Mutex::new(Vec::new()),
             check_fails: AtomicBool::new(false),
+            check_hangs: AtomicBool::new(false),
+            status: Mutex::new(initial_status()),
             dropped: AtomicUsize::new(0),
             opened_tx,
             opened_rx: Mutex::new(opened_rx),
@@ -238,47 +290,7 @@ pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 impl ControlApi for FakeApi {
     async fn status(&self) -> Result<StatusInfo, ControlError> {
-        Ok(StatusInfo {
-            name: "alice".into(),
-            fingerprint: identity().public_key().fingerprint().to_string(),
-            link: link(LinkState::Up),
-            interface: InterfaceInfo {
-                configured: "ppp0".into(),
-                name: Some("ppp0".into()),
-                up: true,
-                addresses: vec![
-                    AddressInfo {
-                        ip: "203.0.113.7".parse().unwrap(),
-                        prefix_len: 32,
-                        class: AddressClass::Public,
-                        announced: true,
-                        temporary: false,
-                        deprecated: false,
-                        tentative: false,
-                    },
-                    AddressInfo {
-                        ip: "fe80::1".parse().unwrap(),
-                        prefix_len: 64,
-                        class: AddressClass::LinkLocal,
-                        announced: false,
-                        temporary: false,
-                        deprecated: false,
-                        tentative: false,
-                    },
-                ],
-            },
-            mailbox: MailboxInfo {
-                protocol: MailProtocol::Imap,
-                connected: true,
-                last_check: Some(at()),
-                next_check: None,
-                pending: 1,
-                rejected: 2,
-                last_error: None,
-            },
-            outbox_size: 1,
-            connected_peers: vec![session(&name("hitoshi"))],
-        })
+        Ok(self.status.lock().unwrap().clone())
     }
 
     async fn peers(&self) -> Result<Vec<PeerInfo>, ControlError> {
@@ -373,6 +385,11 @@ impl ControlApi for FakeApi {
     }
 
     async fn check(&self) -> Result<(), ControlError> {
+        if self.check_hangs.load(Ordering::SeqCst) {
+            self.record("check (hangs)".into());
+            let _guard = DropGuard(&self.dropped);
+            std::future::pending::<()>().await;
+        }
         if self.check_fails.load(Ordering::SeqCst) {
             return Err(ControlError::new(
                 ErrorKind::Failed,
@@ -452,6 +469,34 @@ impl ControlApi for FakeApi {
 
     fn key(&self) -> KeyInfo {
         KeyInfo::new("alice", identity().public_key())
+    }
+
+    /// The announcement is "queued" at once; then every peer but slowpoke
+    /// connects (state connected, a PeerConnected event), slowpoke stays
+    /// connecting.
+    async fn call_start(&self, peer: PeerName) -> Result<(), ControlError> {
+        self.sealed_peer(&peer)?;
+        self.record(format!("call-start {peer}"));
+        let connects = peer.as_str() != "slowpoke";
+        for p in self.peers.lock().unwrap().iter_mut() {
+            if p.name == peer {
+                if connects {
+                    p.state = PeerState::Connected;
+                    p.session = Some(session(&peer));
+                } else {
+                    p.state = PeerState::Connecting;
+                }
+            }
+        }
+        if connects {
+            let _ = self
+                .events
+                .send(Event::now(peerd_control::EventKind::PeerConnected {
+                    address: session(&peer).address,
+                    peer,
+                }));
+        }
+        Ok(())
     }
 }
 
