@@ -46,8 +46,9 @@
 //! the mailbox must be looked at now and then. Every `check_interval`
 //! (and once at start, see [`Tuning::check_at_start`]) the actor takes a
 //! lease of its own and dials. Once the link is up it emits
-//! [`LinkEvent::CheckDue`]; the mail courier checks the mailbox and calls
-//! [`LinkHandle::check_done`] with the check's number. The check ends then,
+//! [`LinkEvent::CheckDue`]; the daemon (its event router) has the mail
+//! courier check the mailbox and then calls [`LinkHandle::check_done`]
+//! with the check's number. The check ends then,
 //! or after [`Tuning::check_window`] if nobody says so (a courier that
 //! missed the event must not keep a metered line up). At its end the
 //! check's lease goes and, unless someone else holds a lease, the link is

@@ -58,8 +58,10 @@ pub struct CourierState {
     pub last_check: Option<SystemTime>,
     /// Outbox entries still being worked on.
     pub outbox_size: usize,
-    /// The last mailbox or sending error, if the last attempt failed.
+    /// The last sending error, if the last send failed.
     pub last_error: Option<String>,
+    /// The last mailbox error, if the last check failed.
+    pub mailbox_error: Option<String>,
 }
 
 /// Something that happened, for the daemon, hooks and D-Bus signals.
@@ -350,6 +352,7 @@ where
         last_check: None,
         outbox_size: store.outbox_size().unwrap_or(0),
         last_error: None,
+        mailbox_error: None,
     });
     let (events, _) = broadcast::channel(256);
     let (commands_tx, commands_rx) = mpsc::channel(64);
@@ -790,7 +793,9 @@ async fn receive_loop(
         };
         failures = failures.saturating_add(1);
         warn!(%error, "mailbox check failed");
-        shared.set_error(Some(error.clone()));
+        shared
+            .state
+            .send_modify(|s| s.mailbox_error = Some(error.clone()));
         shared.emit(CourierEvent::MailboxError { error });
         let ceiling = RECONNECT_BASE
             .saturating_mul(1 << failures.min(10).saturating_sub(1))
@@ -918,7 +923,7 @@ async fn imap_session(
         }
         shared.state.send_modify(|s| {
             s.last_check = Some(SystemTime::now());
-            s.last_error = None;
+            s.mailbox_error = None;
         });
         if mailbox.supports_idle() {
             let woken = async {
@@ -1139,7 +1144,7 @@ async fn pop3_polling(
         drop(password);
         shared.state.send_modify(|s| {
             s.last_check = Some(SystemTime::now());
-            s.last_error = None;
+            s.mailbox_error = None;
         });
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Ended::Shutdown),

@@ -443,7 +443,7 @@ impl ControlApi for DaemonApi {
             next_check,
             pending: 0,
             rejected: *self.rejected.borrow(),
-            last_error: courier.last_error.clone(),
+            last_error: courier.mailbox_error.clone(),
         };
         let connected_peers = self
             .connector
@@ -521,7 +521,7 @@ impl ControlApi for DaemonApi {
             CHECK_WAIT,
             state.wait_for(|s| {
                 s.last_check != before.last_check
-                    || (s.last_error.is_some() && s.last_error != before.last_error)
+                    || (s.mailbox_error.is_some() && s.mailbox_error != before.mailbox_error)
             }),
         )
         .await;
@@ -529,7 +529,7 @@ impl ControlApi for DaemonApi {
             Ok(Ok(s)) if s.last_check != before.last_check => Ok(()),
             Ok(Ok(s)) => Err(failed(format!(
                 "the mailbox check failed: {}",
-                s.last_error.clone().unwrap_or_default()
+                s.mailbox_error.clone().unwrap_or_default()
             ))),
             Ok(Err(_)) => Err(stopping()),
             Err(_) => Err(ControlError::new(

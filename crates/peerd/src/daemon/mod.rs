@@ -341,6 +341,7 @@ async fn start(
 
     let supervisor = Supervisor {
         config_path: config_path.to_path_buf(),
+        own_key: identity.public_key(),
         config,
         store,
         settings: settings_tx,
@@ -385,6 +386,8 @@ fn create_state_dir(dir: &Path) -> Result<(), DaemonError> {
 /// The supervisor loop's state: the configuration and the address book.
 struct Supervisor {
     config_path: PathBuf,
+    /// This host's key, which no peer may have.
+    own_key: peerd_core::PublicKey,
     /// The config file's contents (its own `[[peer]]`s only).
     config: Config,
     store: Arc<Store>,
@@ -411,6 +414,12 @@ impl Supervisor {
         let mut peer = RuntimePeer::new(new.name, new.email, new.key);
         peer.announce = new.announce;
         peer.accept_unsigned = new.accept_unsigned;
+        if peer.public_key == self.own_key {
+            return Err(ControlError::new(
+                ErrorKind::InvalidRequest,
+                "this is this host's own public key: give the peer's (the first line of `peerd pubkey` on the peer)",
+            ));
+        }
         let current = Arc::clone(&self.settings.borrow());
         current
             .book
@@ -477,10 +486,7 @@ impl Supervisor {
         for w in &loaded.warnings {
             warn!("{w}");
         }
-        let new = loaded.config;
-        for section in restart_needed(&self.config, &new) {
-            warn!("[{section}] changed: this takes effect only when peerd is restarted");
-        }
+        let new = running_sections(&self.config, loaded.config);
         match self.rebuild(&new).await {
             Ok(()) => {
                 self.config = new;
@@ -518,6 +524,30 @@ impl Supervisor {
             book,
         }));
         Ok(())
+    }
+}
+
+/// `new` with the sections a reload cannot apply taken from `old`, each
+/// change to them logged: the actors that read them are set up once, and
+/// the rest of the daemon must keep seeing what they run with.
+fn running_sections(old: &Config, new: Config) -> Config {
+    for section in restart_needed(old, &new) {
+        warn!("[{section}] changed: this takes effect only when peerd is restarted");
+    }
+    Config {
+        identity: old.identity.clone(),
+        state: old.state.clone(),
+        control: old.control.clone(),
+        dbus: old.dbus.clone(),
+        link: old.link.clone(),
+        listen: old.listen.clone(),
+        announce: peerd_config::AnnounceConfig {
+            debounce: old.announce.debounce,
+            publish: old.announce.publish.clone(),
+            ipv6: old.announce.ipv6,
+            ..new.announce
+        },
+        ..new
     }
 }
 
@@ -607,6 +637,23 @@ host = "mail.isp-a.example"
             restart_needed(&old, &config("\n[announce]\ndebounce = \"5s\"\n")),
             ["announce (debounce, publish, ipv6)"]
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_the_running_link_and_listen_sections() {
+        let old = config("");
+        let peer =
+            "\n[[peer]]\nname = \"hitoshi\"\nemail = \"h@isp-b.example\"\nformat = \"plain\"\n";
+        let new = config(&format!(
+            "\n[link]\ninterface = \"eth0\"\n[listen]\nport = 7000\n[announce]\ndebounce = \"5s\"\nresend = \"20m\"\n{peer}"
+        ));
+        let applied = running_sections(&old, new);
+        assert_eq!(applied.link.interface.to_string(), "ppp0");
+        assert_eq!(applied.listen.port, old.listen.port);
+        assert_eq!(applied.announce.debounce, old.announce.debounce);
+        // What a reload does apply.
+        assert_eq!(applied.announce.resend, Duration::from_secs(20 * 60));
+        assert_eq!(applied.peers.len(), 1);
     }
 
     #[test]

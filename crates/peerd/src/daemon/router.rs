@@ -48,8 +48,9 @@ use crate::hooks::{EscapedSender, HookEvent, HooksHandle, InterfaceName, ReasonC
 /// (the link is up then: it is taken during a mail check or a session).
 const LEASE_WAIT: Duration = Duration::from_secs(5);
 
-/// Extra time a connection attempt's lease is held beyond the connector's
-/// own connect timeout.
+/// How long a connection attempt's lease is held at most (the connector
+/// gives up on an attempt after 10 s); once connected, the session's own
+/// lease takes over.
 const DIAL_LEASE_HOLD: Duration = Duration::from_secs(15);
 
 /// A peer's last verified announcement.
@@ -68,7 +69,7 @@ pub struct Heard {
 struct PendingCheck {
     number: u64,
     last_check: Option<SystemTime>,
-    last_error: Option<String>,
+    mailbox_error: Option<String>,
 }
 
 /// The router's state; see the module docs.
@@ -316,9 +317,12 @@ impl Router {
             },
             CourierEvent::AnnouncementRejected { peer, from, reason } => {
                 self.rejected.send_modify(|n| *n += 1);
-                let sender = from
-                    .clone()
-                    .or_else(|| peer.as_ref().map(ToString::to_string))
+                // The name is ours (found by the sealing key); the From
+                // address is only what the mail claims.
+                let sender = peer
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .or_else(|| from.clone())
                     .unwrap_or_else(|| "unknown".to_owned());
                 self.emit(EventKind::AnnouncementRejected {
                     sender,
@@ -489,7 +493,7 @@ impl Router {
                 self.check = Some(PendingCheck {
                     number: check,
                     last_check: state.last_check,
-                    last_error: state.last_error,
+                    mailbox_error: state.mailbox_error,
                 });
                 self.courier.check_now();
             },
@@ -539,7 +543,7 @@ impl Router {
         let state = self.courier_state.borrow_and_update().clone();
         let Some(check) = &self.check else { return };
         let done = state.last_check != check.last_check
-            || (state.last_error.is_some() && state.last_error != check.last_error);
+            || (state.mailbox_error.is_some() && state.mailbox_error != check.mailbox_error);
         if !done {
             return;
         }
