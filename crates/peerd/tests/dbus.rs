@@ -1056,3 +1056,60 @@ fn serves_while_the_mail_server_does_not_answer() {
     let _ = check.kill();
     let _ = check.wait();
 }
+
+#[test]
+fn a_call_running_when_peerd_stops_is_answered() {
+    let mut d = Daemon::start(Policy::Shipped, "daemon");
+    d.api.check_hangs.store(true, Ordering::SeqCst);
+    let check = client("gdbus", As::Root)
+        .args([
+            "call",
+            "--address",
+            d.address(),
+            "--dest",
+            DEST,
+            "--object-path",
+            ROOT,
+        ])
+        .args(["--method", &format!("{IFACE}.CheckMail"), "--timeout", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    control_harness::wait_until("the check to start", || {
+        d.api.logged().contains(&"check (hangs)".to_owned())
+    });
+    d.stop().unwrap();
+    let out = check.wait_with_output().unwrap();
+    let msg = fails(&out, "org.peerd.Peerd1.Error.Unavailable", "CheckMail");
+    assert_eq!(msg, "peerd is stopping");
+    d.wait_for_name(false);
+}
+
+#[test]
+fn a_second_peerd_on_the_bus_is_told_the_name_is_taken() {
+    let d = Daemon::start(Policy::Shipped, "daemon");
+    let second = d.runtime.block_on(dbus::serve(
+        Arc::new(FakeApi::new()),
+        Bus::Address(d.address().to_owned()),
+        AccessPolicy::new("daemon"),
+        CancellationToken::new(),
+    ));
+    let err = second.unwrap_err();
+    assert!(matches!(err, DbusError::NameTaken { .. }), "{err}");
+    assert!(
+        err.to_string().contains("is another peerd running?"),
+        "{err}"
+    );
+    // The first one still answers.
+    ok(&d, "Connect", &["hitoshi"]);
+}
+
+#[test]
+fn a_bus_that_goes_away_ends_serve_with_an_error() {
+    let mut d = Daemon::start(Policy::Shipped, "daemon");
+    d.bus.child.kill().unwrap();
+    d.bus.child.wait().unwrap();
+    let err = d.thread.take().unwrap().join().unwrap().unwrap_err();
+    assert!(matches!(err, DbusError::Disconnected { .. }), "{err}");
+}

@@ -56,9 +56,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use peerd_config::{DbusBus, DbusConfig};
+use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zbus::fdo::{RequestNameFlags, RequestNameReply};
 
 use crate::control::ControlApi;
@@ -76,6 +77,9 @@ pub const MANAGER_INTERFACE: &str = "org.peerd.Peerd1";
 pub const PEER_PATH_PREFIX: &str = "/org/peerd/Peerd1/peer";
 /// The peers' interface.
 pub const PEER_INTERFACE: &str = "org.peerd.Peerd1.Peer";
+
+/// How long the replies of calls still running when peerd stops may take.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How often the properties are refreshed when no event comes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
@@ -223,17 +227,18 @@ pub async fn serve<A: ControlApi>(
         bus: bus.to_string(),
         source,
     };
+    let taken = || DbusError::NameTaken {
+        bus: bus.to_string(),
+    };
     match connection
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await
-        .map_err(name_error)?
     {
-        RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner => {},
-        RequestNameReply::InQueue | RequestNameReply::Exists => {
-            return Err(DbusError::NameTaken {
-                bus: bus.to_string(),
-            });
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {},
+        Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {
+            return Err(taken());
         },
+        Err(e) => return Err(name_error(e)),
     }
     info!(%bus, name = BUS_NAME, "D-Bus interface up");
 
@@ -256,6 +261,20 @@ pub async fn serve<A: ControlApi>(
             })
         },
     };
-    let _ = connection.close().await;
+    // The manager holds a clone of the connection (to ask the bus about
+    // callers), and the connection holds the manager: unregistering it
+    // lets both be freed.
+    let _ = connection
+        .object_server()
+        .remove::<manager::Manager<A>, _>(MANAGER_PATH)
+        .await;
+    // Calls that were running have been answered "peerd is stopping";
+    // their replies go out before the connection closes.
+    if timeout(FAREWELL_TIMEOUT, connection.graceful_shutdown())
+        .await
+        .is_err()
+    {
+        debug!("D-Bus connection closed with calls still running");
+    }
     result
 }
