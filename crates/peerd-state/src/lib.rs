@@ -41,8 +41,10 @@
 //! - [`ledger`]: IMAP positions and POP3 UIDLs already examined.
 //! - [`history`]: the last accepted sequence per sender key.
 //! - [`peers`]: the runtime address book ([`RuntimePeer`]).
+//! - [`announced`]: each peer's last verified announcement.
 //! - `codec` (private): the byte encoding of values.
 
+pub mod announced;
 pub mod history;
 pub mod ledger;
 pub mod outbox;
@@ -61,6 +63,7 @@ use redb::{
     WriteTransaction,
 };
 
+pub use announced::LastAnnounced;
 pub use ledger::{ImapPosition, ImapStart, MailOutcome, Pop3Seen};
 pub use outbox::{Due, FailureKind, Generation, OutboxEntry, OutboxState, Policy};
 pub use peers::RuntimePeer;
@@ -260,6 +263,7 @@ impl Store {
         ledger::create_tables(&txn)?;
         history::create_tables(&txn)?;
         peers::create_tables(&txn)?;
+        announced::create_tables(&txn)?;
         txn.commit().map_err(StateError::db)
     }
 

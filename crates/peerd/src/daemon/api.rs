@@ -319,7 +319,7 @@ impl DaemonApi {
                         .collect()
                 })
                 .unwrap_or_default(),
-            announced_at: h.map(|h| h.at.into()),
+            announced_at: h.map(|h| h.received_at.into()),
             state: match &state {
                 ConnState::Idle => InfoPeerState::Idle,
                 ConnState::Connecting { .. } => InfoPeerState::Connecting,
@@ -374,7 +374,7 @@ impl DaemonApi {
         let heard = self.heard.borrow().get(peer).cloned();
         let Some(heard) = heard else {
             return Err(failed(format!(
-                "{peer}: no address to connect to (no announcement received since peerd started; try `peerctl call {peer}`)"
+                "{peer}: no address to connect to (no announcement received yet; try `peerctl call {peer}`)"
             )));
         };
         self.connector

@@ -312,6 +312,7 @@ async fn start(
         courier.clone(),
         connector.clone(),
         hooks.clone(),
+        Arc::clone(&store),
         events.clone(),
     );
     let heard = router.heard();

@@ -34,6 +34,7 @@ use peerd_control::{CandidateInfo, Event, EventKind, LinkState as InfoLinkState}
 use peerd_core::{Candidate, PeerName};
 use peerd_link::{Lease, LinkEvent, LinkHandle, LinkState};
 use peerd_mail::{CourierEvent, CourierHandle, CourierState};
+use peerd_state::{LastAnnounced, Store};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{broadcast, watch};
 use tokio::task::{AbortHandle, JoinSet};
@@ -53,16 +54,9 @@ const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// lease takes over.
 const DIAL_LEASE_HOLD: Duration = Duration::from_secs(15);
 
-/// A peer's last verified announcement.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Heard {
-    /// Where it said it can be reached.
-    pub candidates: Vec<Candidate>,
-    /// Its sequence number.
-    pub sequence: u64,
-    /// When it arrived.
-    pub at: SystemTime,
-}
+/// A peer's last verified announcement (persisted, so it outlives a
+/// restart).
+pub type Heard = LastAnnounced;
 
 /// A mail check the link manager asked for.
 #[derive(Debug)]
@@ -80,6 +74,7 @@ pub struct Router {
     courier: CourierHandle,
     connector: ConnectorHandle,
     hooks: HooksHandle,
+    store: Arc<Store>,
     events: broadcast::Sender<Event>,
     heard: watch::Sender<BTreeMap<PeerName, Heard>>,
     rejected: watch::Sender<u64>,
@@ -99,7 +94,9 @@ pub struct Router {
 }
 
 impl Router {
-    /// A router over these actors (subscribed to their events now).
+    /// A router over these actors (subscribed to their events now), with
+    /// the peers' last announcements read from `store`.
+    #[allow(clippy::too_many_arguments, reason = "one handle per actor")]
     pub fn new(
         settings: watch::Receiver<Arc<Settings>>,
         watcher: WatcherHandle,
@@ -107,8 +104,13 @@ impl Router {
         courier: CourierHandle,
         connector: ConnectorHandle,
         hooks: HooksHandle,
+        store: Arc<Store>,
         events: broadcast::Sender<Event>,
     ) -> Self {
+        let heard = store.announced().unwrap_or_else(|e| {
+            warn!("cannot read the peers' last announcements: {e}");
+            BTreeMap::new()
+        });
         Self {
             address_events: watcher.events(),
             courier_events: courier.events(),
@@ -122,8 +124,9 @@ impl Router {
             courier,
             connector,
             hooks,
+            store,
             events,
-            heard: watch::channel(BTreeMap::new()).0,
+            heard: watch::channel(heard).0,
             rejected: watch::channel(0).0,
             side: JoinSet::new(),
             session_leases: HashMap::new(),
@@ -339,15 +342,16 @@ impl Router {
     }
 
     async fn on_announcement(&mut self, peer: PeerName, candidates: Vec<Candidate>, sequence: u64) {
+        let last = LastAnnounced {
+            candidates: candidates.clone(),
+            sequence,
+            received_at: SystemTime::now(),
+        };
+        if let Err(e) = self.store.record_announced(&peer, &last) {
+            warn!(%peer, "cannot keep the announcement for after a restart: {e}");
+        }
         self.heard.send_modify(|h| {
-            h.insert(
-                peer.clone(),
-                Heard {
-                    candidates: candidates.clone(),
-                    sequence,
-                    at: SystemTime::now(),
-                },
-            );
+            h.insert(peer.clone(), last);
         });
         self.emit(EventKind::AnnouncementReceived {
             peer: peer.clone(),
