@@ -1113,3 +1113,102 @@ fn a_bus_that_goes_away_ends_serve_with_an_error() {
     let err = d.thread.take().unwrap().join().unwrap().unwrap_err();
     assert!(matches!(err, DbusError::Disconnected { .. }), "{err}");
 }
+
+/// FakeApi with `ControlApi::call_start`'s default (the fake's own is
+/// used above): every other method delegated.
+struct DefaultCallStart(FakeApi);
+
+impl peerd::control::ControlApi for DefaultCallStart {
+    async fn status(&self) -> Result<peerd_control::StatusInfo, peerd_control::ControlError> {
+        self.0.status().await
+    }
+    async fn peers(&self) -> Result<Vec<peerd_control::PeerInfo>, peerd_control::ControlError> {
+        self.0.peers().await
+    }
+    async fn peer_add(
+        &self,
+        peer: peerd_control::NewPeer,
+    ) -> Result<peerd_control::PeerInfo, peerd_control::ControlError> {
+        self.0.peer_add(peer).await
+    }
+    async fn peer_remove(
+        &self,
+        name: peerd_core::PeerName,
+    ) -> Result<(), peerd_control::ControlError> {
+        self.0.peer_remove(name).await
+    }
+    async fn outbox(
+        &self,
+    ) -> Result<Vec<peerd_control::OutboxEntryInfo>, peerd_control::ControlError> {
+        self.0.outbox().await
+    }
+    async fn announce(
+        &self,
+        peers: Vec<peerd_core::PeerName>,
+    ) -> Result<Vec<peerd_core::PeerName>, peerd_control::ControlError> {
+        self.0.announce(peers).await
+    }
+    async fn check(&self) -> Result<(), peerd_control::ControlError> {
+        self.0.check().await
+    }
+    async fn call(
+        &self,
+        peer: peerd_core::PeerName,
+        wait: Duration,
+    ) -> Result<peerd_control::SessionInfo, peerd_control::ControlError> {
+        self.0.call(peer, wait).await
+    }
+    async fn connect(
+        &self,
+        peer: peerd_core::PeerName,
+    ) -> Result<peerd_control::SessionInfo, peerd_control::ControlError> {
+        self.0.connect(peer).await
+    }
+    async fn disconnect(
+        &self,
+        peer: peerd_core::PeerName,
+    ) -> Result<(), peerd_control::ControlError> {
+        self.0.disconnect(peer).await
+    }
+    async fn open(
+        &self,
+        peer: peerd_core::PeerName,
+        service: peerd_core::ServiceName,
+    ) -> Result<peerd::control::PeerStream, peerd_control::ControlError> {
+        self.0.open(peer, service).await
+    }
+    async fn link_up(&self) -> Result<peerd_control::LinkInfo, peerd_control::ControlError> {
+        self.0.link_up().await
+    }
+    async fn link_down(&self) -> Result<peerd_control::LinkInfo, peerd_control::ControlError> {
+        self.0.link_down().await
+    }
+    async fn link_status(&self) -> Result<peerd_control::LinkInfo, peerd_control::ControlError> {
+        self.0.link_status().await
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<Event> {
+        self.0.events()
+    }
+    fn key(&self) -> peerd_control::KeyInfo {
+        self.0.key()
+    }
+}
+
+#[test]
+fn call_start_by_default_checks_the_peer_and_queues_an_announcement() {
+    use peerd::control::ControlApi;
+    use peerd_control::ErrorKind;
+
+    let api = DefaultCallStart(FakeApi::new());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        api.call_start(name("hitoshi")).await.unwrap();
+        let err = api.call_start(name("me-on-phone")).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NoKey);
+        let err = api.call_start(name("nobody")).await.unwrap_err();
+        assert_eq!(err.kind, ErrorKind::UnknownPeer);
+    });
+    assert_eq!(api.0.logged(), ["announce hitoshi"]);
+}

@@ -278,3 +278,20 @@ pub async fn serve<A: ControlApi>(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_picks_the_bus() {
+        let bus = |bus| Bus::from_config(&DbusConfig { bus });
+        assert_eq!(bus(DbusBus::System), Some(Bus::System));
+        assert_eq!(bus(DbusBus::Session), Some(Bus::Session));
+        assert_eq!(bus(DbusBus::None), None);
+        assert_eq!(
+            Bus::Address("unix:path=/b".into()).to_string(),
+            "bus at unix:path=/b"
+        );
+    }
+}
