@@ -28,6 +28,7 @@ use peerd_mail::{CourierError, CourierHandle};
 use peerd_state::{OutboxEntry, OutboxState};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout_at};
+use tokio_util::sync::CancellationToken;
 
 use super::router::Heard;
 use super::{BookCommand, Settings};
@@ -40,6 +41,14 @@ const CHECK_WAIT: Duration = Duration::from_secs(120);
 /// Beyond the connector's own connect timeout, how long `connect` waits
 /// for the state to say connected or failed.
 const CONNECT_WAIT: Duration = Duration::from_secs(20);
+
+/// How long a D-Bus `Call` keeps the link for the session to come up (as
+/// `peerctl call`'s default `--wait`).
+const CALL_START_HOLD: Duration = Duration::from_secs(300);
+
+/// How long a D-Bus `Call` may wait for an on-demand link to come up
+/// before it answers (D-Bus callers give up after 25 s).
+const CALL_START_LINK_WAIT: Duration = Duration::from_secs(20);
 
 /// The daemon behind the control socket.
 #[derive(Debug)]
@@ -55,6 +64,8 @@ pub struct DaemonApi {
     pub(crate) link: LinkHandle,
     pub(crate) courier: CourierHandle,
     pub(crate) connector: ConnectorHandle,
+    /// Ends what outlives a request (the lease of a D-Bus `Call`).
+    pub(crate) shutdown: CancellationToken,
 }
 
 fn stopping() -> ControlError {
@@ -561,6 +572,39 @@ impl ControlApi for DaemonApi {
         // The lease is held until the session is up; the router's session
         // lease takes over from there.
         self.wait_session(&peer, deadline).await
+    }
+
+    async fn call_start(&self, peer: PeerName) -> Result<(), ControlError> {
+        self.keyed_peer(&peer)?;
+        if session_of(&peer, &self.connector.state(&peer)).is_some() {
+            return Ok(());
+        }
+        let lease = self.lease(CALL_START_LINK_WAIT).await?;
+        let heard = self.heard.borrow().get(&peer).cloned();
+        if let Some(h) = heard {
+            self.connector
+                .connect(&peer, h.candidates, h.sequence)
+                .await
+                .map_err(connect_error)?;
+        }
+        self.announce_now(Some(vec![peer.clone()])).await?;
+        if let Some(lease) = lease {
+            // The rest of the flow is the peer's answer: the link is kept
+            // for it as `call` would, and the router's session lease takes
+            // over once connected.
+            let mut states = self.connector.watch();
+            let shutdown = self.shutdown.clone();
+            tokio::spawn(async move {
+                let connected =
+                    states.wait_for(|m| matches!(m.get(&peer), Some(ConnState::Connected { .. })));
+                tokio::select! {
+                    () = shutdown.cancelled() => {},
+                    _ = tokio::time::timeout(CALL_START_HOLD, connected) => {},
+                }
+                drop(lease);
+            });
+        }
+        Ok(())
     }
 
     async fn connect(&self, peer: PeerName) -> Result<SessionInfo, ControlError> {

@@ -331,7 +331,12 @@ async fn start(
         link,
         courier: courier.clone(),
         connector: connector.clone(),
+        shutdown: token.clone(),
     });
+    if let Some(bus) = crate::dbus::Bus::from_config(&config.dbus) {
+        let policy = control::access::AccessPolicy::new(config.control.group.clone());
+        tasks.spawn(offer_dbus(Arc::clone(&api), bus, policy, token.clone()));
+    }
     let serve_token = token.clone();
     tasks.spawn(async move {
         socket
@@ -364,6 +369,48 @@ async fn start(
         }
     };
     Ok((supervisor, ready))
+}
+
+/// First wait before the D-Bus interface is tried again; doubles up to
+/// [`DBUS_RETRY_MAX`].
+const DBUS_RETRY_MIN: Duration = Duration::from_secs(5);
+/// The longest wait between attempts to offer the D-Bus interface.
+const DBUS_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// Offers the D-Bus interface until shutdown. D-Bus is a convenience
+/// beside the control socket, so its trouble never stops the daemon: a bus
+/// that is not there (yet), a name another process owns, a bus that
+/// restarts - each is logged and tried again after a backoff.
+async fn offer_dbus(
+    api: Arc<DaemonApi>,
+    bus: crate::dbus::Bus,
+    policy: control::access::AccessPolicy,
+    token: CancellationToken,
+) -> Result<(), DaemonError> {
+    let mut wait = DBUS_RETRY_MIN;
+    loop {
+        let started = tokio::time::Instant::now();
+        let served =
+            crate::dbus::serve(Arc::clone(&api), bus.clone(), policy.clone(), token.clone()).await;
+        if token.is_cancelled() {
+            return Ok(());
+        }
+        if let Err(e) = served {
+            warn!(
+                "{e}; the D-Bus interface is tried again in {}s (the control socket works meanwhile)",
+                wait.as_secs()
+            );
+        }
+        // A connection that lasted a while starts the backoff afresh.
+        if started.elapsed() > DBUS_RETRY_MAX {
+            wait = DBUS_RETRY_MIN;
+        }
+        tokio::select! {
+            () = token.cancelled() => return Ok(()),
+            () = tokio::time::sleep(wait) => {},
+        }
+        wait = (wait * 2).min(DBUS_RETRY_MAX);
+    }
 }
 
 /// Creates the state directory (mode 0700: it holds the peers' addresses
