@@ -349,10 +349,10 @@ impl TestUser {
         );
         let name = format!("pdt{tag}{}", std::process::id());
         if let Some(group) = extra_group {
-            user_tool(&["groupadd", "--system", group]);
+            user_tool(&["/usr/sbin/groupadd", "--system", group]);
         }
         let mut args = vec![
-            "useradd",
+            "/usr/sbin/useradd",
             "--system",
             "--no-create-home",
             "--user-group",
@@ -376,9 +376,9 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        let _ = Command::new("/usr/sbin/userdel").arg(&self.name).output();
         if let Some(group) = &self.extra_group {
-            let _ = Command::new("groupdel").arg(group).output();
+            let _ = Command::new("/usr/sbin/groupdel").arg(group).output();
         }
     }
 }
@@ -1089,6 +1089,20 @@ fn a_call_running_when_peerd_stops_is_answered() {
 #[test]
 fn a_second_peerd_on_the_bus_is_told_the_name_is_taken() {
     let d = Daemon::start(Policy::Shipped, "daemon");
+    // Connections on the bus (each count includes dbus-send's own).
+    let connections = || {
+        dbus_send(
+            d.address(),
+            &[
+                "--dest=org.freedesktop.DBus",
+                "/org/freedesktop/DBus",
+                "org.freedesktop.DBus.ListNames",
+            ],
+        )
+        .matches("string \":")
+        .count()
+    };
+    let before = connections();
     let second = d.runtime.block_on(dbus::serve(
         Arc::new(FakeApi::new()),
         Bus::Address(d.address().to_owned()),
@@ -1101,6 +1115,8 @@ fn a_second_peerd_on_the_bus_is_told_the_name_is_taken() {
         err.to_string().contains("is another peerd running?"),
         "{err}"
     );
+    // The second one left the bus.
+    control_harness::wait_until("the second connection to close", || connections() == before);
     // The first one still answers.
     ok(&d, "Connect", &["hitoshi"]);
 }

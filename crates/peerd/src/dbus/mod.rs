@@ -230,15 +230,19 @@ pub async fn serve<A: ControlApi>(
     let taken = || DbusError::NameTaken {
         bus: bus.to_string(),
     };
-    match connection
+    let refused = match connection
         .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
         .await
     {
-        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => {},
+        Ok(RequestNameReply::PrimaryOwner | RequestNameReply::AlreadyOwner) => None,
         Ok(RequestNameReply::InQueue | RequestNameReply::Exists) | Err(zbus::Error::NameTaken) => {
-            return Err(taken());
+            Some(taken())
         },
-        Err(e) => return Err(name_error(e)),
+        Err(e) => Some(name_error(e)),
+    };
+    if let Some(e) = refused {
+        close::<A>(connection).await;
+        return Err(e);
     }
     info!(%bus, name = BUS_NAME, "D-Bus interface up");
 
@@ -261,9 +265,15 @@ pub async fn serve<A: ControlApi>(
             })
         },
     };
+    close::<A>(connection).await;
+    result
+}
+
+/// Closes the connection served by [`serve`].
+async fn close<A: ControlApi>(connection: zbus::Connection) {
     // The manager holds a clone of the connection (to ask the bus about
     // callers), and the connection holds the manager: unregistering it
-    // lets both be freed.
+    // lets both go.
     let _ = connection
         .object_server()
         .remove::<manager::Manager<A>, _>(MANAGER_PATH)
@@ -276,7 +286,6 @@ pub async fn serve<A: ControlApi>(
     {
         debug!("D-Bus connection closed with calls still running");
     }
-    result
 }
 
 #[cfg(test)]
