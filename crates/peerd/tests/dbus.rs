@@ -37,7 +37,7 @@ fn repo() -> PathBuf {
 }
 
 /// The rules of Debian's /usr/share/dbus-1/system.conf: method calls are
-/// denied unless a policy file allows them.
+/// denied unless a policy file allows them; root may monitor.
 const SYSTEM_DEFAULTS: &str = r#"
   <policy context="default">
     <allow user="*"/>
@@ -54,6 +54,9 @@ const SYSTEM_DEFAULTS: &str = r#"
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
     <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
     <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  </policy>
+  <policy user="root">
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
   </policy>"#;
 
 /// What the bus lets through to peerd.
@@ -1227,4 +1230,119 @@ fn call_start_by_default_checks_the_peer_and_queues_an_announcement() {
         assert_eq!(err.kind, ErrorKind::UnknownPeer);
     });
     assert_eq!(api.0.logged(), ["announce hitoshi"]);
+}
+
+/// `busctl` on the test bus, as root; stdout, or panics.
+fn busctl(address: &str, args: &[&str]) -> String {
+    let out = Command::new("busctl")
+        .arg(format!("--address={address}"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("busctl runs (package systemd)");
+    assert!(
+        out.status.success(),
+        "busctl {args:?}: {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
+#[test]
+fn the_busctl_examples_of_the_docs_work() {
+    let d = Daemon::start(Policy::Shipped, "daemon");
+    let run = |args: &[&str]| busctl(d.address(), args);
+    let hitoshi = "/org/peerd/Peerd1/peer/hitoshi";
+    assert_eq!(
+        run(&[
+            "get-property",
+            DEST,
+            hitoshi,
+            PEER_IFACE,
+            "State",
+            "Addresses"
+        ]),
+        "s \"connected\"\nas 1 \"198.51.100.7:7447\"\n"
+    );
+    assert_eq!(
+        run(&["get-property", DEST, ROOT, IFACE, "Addresses"]),
+        "as 1 \"203.0.113.7\"\n"
+    );
+    for call in [
+        &["Connect", "s", "hitoshi"][..],
+        &["Call", "s", "hitoshi"],
+        &["Disconnect", "s", "hitoshi"],
+        &["Announce", "as", "0"],
+        &["Announce", "as", "1", "hitoshi"],
+        &["CheckMail"],
+        &["LinkUp"],
+        &["LinkDown"],
+    ] {
+        assert_eq!(run(&[&["call", DEST, ROOT, IFACE][..], call].concat()), "");
+    }
+    let fd = run(&[
+        "call",
+        DEST,
+        ROOT,
+        IFACE,
+        "OpenStream",
+        "ss",
+        "hitoshi",
+        "ssh",
+    ]);
+    assert!(fd.starts_with("h "), "{fd}");
+    let key = peer_key(9).to_string();
+    run(&[
+        "call",
+        DEST,
+        ROOT,
+        IFACE,
+        "AddPeer",
+        "sss",
+        "carol",
+        "carol@example.org",
+        &key,
+    ]);
+    assert!(run(&["tree", DEST]).contains("/org/peerd/Peerd1/peer/carol"));
+    run(&["call", DEST, ROOT, IFACE, "RemovePeer", "s", "carol"]);
+    let members = run(&["introspect", DEST, ROOT]);
+    assert!(members.contains(".OpenStream"), "{members}");
+    assert_eq!(d.api.logged().len(), 11, "{:?}", d.api.logged());
+
+    // Watching for address changes (root may monitor the bus).
+    let mut monitor = Command::new("stdbuf")
+        .args(["-oL", "busctl", &format!("--address={}", d.address()), "monitor"])
+        .arg("--match=type='signal',sender='org.peerd.Peerd1',interface='org.peerd.Peerd1',member='AddressChanged'")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = monitor.stdout.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Sent until busctl, which gives no sign when it is ready, shows one.
+    let deadline = Instant::now() + DEADLINE;
+    'wait: loop {
+        d.api.emit(Event::now(EventKind::AddressChanged {
+            interface: Some("ppp0".into()),
+            addresses: vec!["203.0.113.42".parse().unwrap()],
+        }));
+        while let Ok(line) = lines.recv_timeout(Duration::from_millis(100)) {
+            if line.contains("203.0.113.42") {
+                break 'wait;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "busctl monitor showed no AddressChanged"
+        );
+    }
+    let _ = monitor.kill();
+    let _ = monitor.wait();
 }
