@@ -416,6 +416,7 @@ fn event_text(event: &Event) -> String {
             }
             text
         },
+        EventKind::PeerAdded { peer } | EventKind::PeerRemoved { peer } => peer.to_string(),
         EventKind::MailboxError { error } => clean(error).into_owned(),
         EventKind::Missed { count } => {
             format!(

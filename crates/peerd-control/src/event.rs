@@ -100,6 +100,17 @@ pub enum EventKind {
         /// Why, when it failed.
         reason: Option<String>,
     },
+    /// A peer joined the address book (`peer add`, or a reload that found
+    /// a new `[[peer]]`).
+    PeerAdded {
+        /// Who.
+        peer: PeerName,
+    },
+    /// A peer left the address book (`peer remove`, or a reload).
+    PeerRemoved {
+        /// Who.
+        peer: PeerName,
+    },
     /// The mailbox could not be checked.
     MailboxError {
         /// Why.
@@ -125,6 +136,8 @@ impl EventKind {
             Self::PeerConnected { .. } => "peer-connected",
             Self::PeerDisconnected { .. } => "peer-disconnected",
             Self::LinkStateChanged { .. } => "link-state-changed",
+            Self::PeerAdded { .. } => "peer-added",
+            Self::PeerRemoved { .. } => "peer-removed",
             Self::MailboxError { .. } => "mailbox-error",
             Self::Missed { .. } => "missed",
         }

@@ -41,7 +41,7 @@ use std::time::Duration;
 use peerd_addr::{WatcherConfig, WatcherError, WatcherHandle};
 use peerd_config::Config;
 use peerd_connect::{ConnectError, ConnectorConfig, ConnectorHandle};
-use peerd_control::{ControlError, ErrorKind, NewPeer};
+use peerd_control::{ControlError, ErrorKind, Event, EventKind, NewPeer};
 use peerd_core::{Identity, PeerName};
 use peerd_link::LinkError;
 use peerd_mail::{CourierError, CourierHandle};
@@ -303,6 +303,7 @@ async fn start(
         book,
     }));
     let (events, _) = broadcast::channel(256);
+    let api_events = events.clone();
     let (commands_tx, commands) = mpsc::channel(16);
 
     let router = Router::new(
@@ -357,6 +358,7 @@ async fn start(
             connector,
             hooks,
         },
+        events: api_events,
     };
     let ready = async move {
         match tokio::time::timeout(WATCHER_READY_WAIT, watcher.ready()).await {
@@ -442,6 +444,8 @@ struct Supervisor {
     settings: watch::Sender<Arc<Settings>>,
     commands: mpsc::Receiver<BookCommand>,
     actors: Actors,
+    /// Where `peer-added` and `peer-removed` go.
+    events: broadcast::Sender<Event>,
 }
 
 impl Supervisor {
@@ -567,10 +571,25 @@ impl Supervisor {
             .reconfigure(HooksConfig::from_config(&effective))
             .await
             .map_err(|e| e.to_string())?;
-        self.settings.send_replace(Arc::new(Settings {
+        let old = self.settings.send_replace(Arc::new(Settings {
             config: effective,
             book,
         }));
+        let new = Arc::clone(&self.settings.borrow());
+        let names = |s: &Settings| -> Vec<PeerName> {
+            s.book.peers().iter().map(|p| p.peer.name.clone()).collect()
+        };
+        let (before, after) = (names(&old), names(&new));
+        for peer in after.iter().filter(|p| !before.contains(p)) {
+            let _ = self
+                .events
+                .send(Event::now(EventKind::PeerAdded { peer: peer.clone() }));
+        }
+        for peer in before.iter().filter(|p| !after.contains(p)) {
+            let _ = self
+                .events
+                .send(Event::now(EventKind::PeerRemoved { peer: peer.clone() }));
+        }
         Ok(())
     }
 }
