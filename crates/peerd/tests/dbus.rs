@@ -9,18 +9,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod control_harness;
+mod dbus_bus;
 
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use control_harness::{DEADLINE, FakeApi, at, candidate, name, open_dir, peer_key};
+use control_harness::{DEADLINE, FakeApi, at, candidate, name, peer_key};
+use dbus_bus::{Policy, TestBus, repo};
 use peerd::control::access::AccessPolicy;
 use peerd::dbus::{self, Bus, DbusError};
 use peerd_control::{Event, EventKind, LinkState};
@@ -31,113 +33,6 @@ const DEST: &str = "org.peerd.Peerd1";
 const ROOT: &str = "/org/peerd/Peerd1";
 const IFACE: &str = "org.peerd.Peerd1";
 const PEER_IFACE: &str = "org.peerd.Peerd1.Peer";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The rules of Debian's /usr/share/dbus-1/system.conf: method calls are
-/// denied unless a policy file allows them; root may monitor.
-const SYSTEM_DEFAULTS: &str = r#"
-  <policy context="default">
-    <allow user="*"/>
-    <deny own="*"/>
-    <deny send_type="method_call"/>
-    <allow send_type="signal"/>
-    <allow send_requested_reply="true" send_type="method_return"/>
-    <allow send_requested_reply="true" send_type="error"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
-    <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
-  </policy>
-  <policy user="root">
-    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
-  </policy>"#;
-
-/// What the bus lets through to peerd.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Policy {
-    /// The repo's policy file, included as the system bus includes it.
-    Shipped,
-    /// Everyone may call everything: only peerd's own check refuses.
-    Open,
-}
-
-/// A private system-style dbus-daemon, killed on drop.
-struct TestBus {
-    _dir: tempfile::TempDir,
-    address: String,
-    child: Child,
-}
-
-impl TestBus {
-    fn start(policy: Policy) -> Self {
-        let dir = open_dir();
-        let socket = dir.path().join("system_bus_socket");
-        let rules = match policy {
-            Policy::Shipped => {
-                let file = repo().join("systemd/org.peerd.Peerd1.conf");
-                assert!(file.exists(), "{} is missing", file.display());
-                format!("<include>{}</include>", file.display())
-            },
-            Policy::Open => r#"<policy context="default">
-    <allow own="org.peerd.Peerd1"/>
-    <allow send_destination="org.peerd.Peerd1"/>
-  </policy>"#
-                .to_owned(),
-        };
-        let config = format!(
-            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={}</listen>
-  <auth>EXTERNAL</auth>
-{SYSTEM_DEFAULTS}
-  {rules}
-</busconfig>
-"#,
-            socket.display()
-        );
-        let config_file = dir.path().join("system.conf");
-        fs::write(&config_file, config).unwrap();
-        let mut child = Command::new("dbus-daemon")
-            .arg(format!("--config-file={}", config_file.display()))
-            .args(["--nofork", "--print-address=1"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            // Its log (refused messages, an fd limit it cannot raise here).
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("dbus-daemon runs (package dbus)");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let address = line.trim().to_owned();
-        assert!(
-            address.starts_with("unix:path="),
-            "dbus-daemon said {line:?}"
-        );
-        Self {
-            _dir: dir,
-            address,
-            child,
-        }
-    }
-}
-
-impl Drop for TestBus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// `peerd::dbus::serve` over a FakeApi, on its own runtime thread.
 struct Daemon {
