@@ -76,6 +76,10 @@ fn echo_round_trip(stream: &mut Stream, owner: &str, line: &str) {
 fn hitoshi_follows_alice_through_two_address_changes() {
     let world = World::new();
     let (mut alice, mut hitoshi) = pair(&world);
+    let rounds = if e2e_harness::heavy() { 10 } else { 1 };
+    // At most 6 announcements per peer and hour by default: the heavy
+    // variant's dozen address changes need more.
+    alice.settings.max_per_hour = 6 + rounds;
     let echo = alice.start_echo_server();
     alice
         .settings
@@ -84,6 +88,13 @@ fn hitoshi_follows_alice_through_two_address_changes() {
     alice.start();
     hitoshi.start();
     let mut events = hitoshi.events();
+    // At start each announces itself to the other; let that settle (a
+    // redial while that mail is on the wire is another story).
+    wait_for(
+        "hitoshi connected to alice's address at start",
+        MAIL,
+        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
+    );
 
     let first = IpAddr::V4(alice.redial());
     let received = events.wait(
@@ -99,53 +110,158 @@ fn hitoshi_follows_alice_through_two_address_changes() {
     echo_round_trip(&mut stream, "alice", "hello from hitoshi");
     echo_round_trip(&mut stream, "alice", "and once more");
 
-    // The second change, while the session (and the stream) is up.
+    // The second change (and more under PEERD_HEAVY=1), while the
+    // session and a stream on it are up.
     let idle_timeout = Duration::from_secs(30); // Settings::idle_timeout
-    let changed = Instant::now();
-    let second = IpAddr::V4(alice.redial());
-    let received = events.wait(
-        "announcement-received with alice's second address",
-        MAIL,
-        |e| is(e, "announcement-received") && e["peer"] == "alice" && has_address(e, second),
-    );
-    let second_seq = received["sequence"].as_u64().expect("sequence is a number");
-    assert!(
-        second_seq > first_seq,
-        "the newer announcement must carry a higher sequence: {first_seq} then {second_seq}"
-    );
-    wait_for(
-        "hitoshi connected to alice's second address",
-        idle_timeout,
-        || (hitoshi.session_address("alice")?.ip() == second).then_some(()),
-    );
-    let followed = changed.elapsed();
-    assert!(
-        followed < idle_timeout / 2,
-        "hitoshi took {followed:?} to follow alice (idle_timeout {idle_timeout:?}): the old \
-         session was left to time out instead of being superseded"
-    );
-    events.wait("peer-connected to alice's second address", LINE, |e| {
-        is(e, "peer-connected")
-            && e["peer"] == "alice"
-            && e["address"]
-                .as_str()
-                .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-                .is_some_and(|a| a.ip() == second)
-    });
-    // alice sees the session too.
+    let mut last_seq = first_seq;
+    for round in 0..rounds {
+        let changed = Instant::now();
+        let next = IpAddr::V4(alice.redial());
+        let received = events.wait(
+            "announcement-received with alice's next address",
+            MAIL,
+            |e| is(e, "announcement-received") && e["peer"] == "alice" && has_address(e, next),
+        );
+        let seq = received["sequence"].as_u64().expect("sequence is a number");
+        assert!(
+            seq > last_seq,
+            "the newer announcement must carry a higher sequence: {last_seq} then {seq}"
+        );
+        last_seq = seq;
+        wait_for(
+            "hitoshi connected to alice's next address",
+            idle_timeout,
+            || (hitoshi.session_address("alice")?.ip() == next).then_some(()),
+        );
+        let followed = changed.elapsed();
+        assert!(
+            followed < idle_timeout / 2,
+            "round {round}: hitoshi took {followed:?} to follow alice (idle_timeout \
+             {idle_timeout:?}): the old session was left to time out instead of being superseded"
+        );
+        events.wait("peer-connected to alice's next address", LINE, |e| {
+            is(e, "peer-connected")
+                && e["peer"] == "alice"
+                && e["address"]
+                    .as_str()
+                    .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+                    .is_some_and(|a| a.ip() == next)
+        });
+        // If the old session was closed, it was for the new address, not
+        // for silence.
+        for e in events.seen() {
+            if is(e, "peer-disconnected") && e["peer"] == "alice" {
+                let reason = e["reason"].as_str().unwrap_or_default();
+                assert!(
+                    !reason.contains("idle") && !reason.contains("timed out"),
+                    "the old session ended by timing out: {e}"
+                );
+            }
+        }
+        if round == 0 {
+            // The stream on the superseded session ends; it does not hang
+            // until the idle timeout.
+            wait_for("the stream on the old session to end", LINE, || {
+                stream.exited()
+            });
+        }
+        // A new stream goes over the new session, both ways.
+        let mut fresh = Stream::open(&hitoshi, "alice", "echo");
+        echo_round_trip(&mut fresh, "alice", &format!("hello at {next}"));
+        assert_eq!(
+            fresh.finish(LINE).map(|s| s.code()),
+            Some(Some(0)),
+            "peerctl open exits 0 when its stdin closes and the service closes"
+        );
+    }
+    // alice sees the session too, and status lists it.
     assert!(
         alice.session_address("hitoshi").is_some(),
         "alice does not list hitoshi as connected: {:?}",
         alice.peer_info("hitoshi")
     );
-    // A new stream goes over the new session, both ways.
-    let mut stream2 = Stream::open(&hitoshi, "alice", "echo");
-    echo_round_trip(&mut stream2, "alice", "hello at the new address");
-    drop(stream);
+    let status = hitoshi.json(&["status"]);
+    let sessions = status["connected_peers"].as_array().unwrap();
+    assert!(
+        sessions.iter().any(|s| s["peer"] == "alice"
+            && s["address"]
+                .as_str()
+                .is_some_and(|a| a.starts_with(&format!("{}:", alice.addr)))
+            && s["since"].is_string()),
+        "status.connected_peers: {status}"
+    );
+}
+
+/// alice's address changes several times in quick succession (each
+/// change outlasting the debounce, so each one is announced): the mails
+/// arrive at hitoshi's mailbox while he is still processing the previous
+/// one, and he must still end up connected to her last address ("the
+/// latest address always wins"), not to one in the middle.
+#[test]
+fn hitoshi_ends_at_alice_s_last_address_after_rapid_changes() {
+    let world = World::new();
+    let (mut alice, mut hitoshi) = pair(&world);
+    alice.settings.max_per_hour = 30;
+    alice.start();
+    hitoshi.start();
+    wait_for("hitoshi connected to alice's first address", MAIL, || {
+        (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(())
+    });
+    let mut alice_events = alice.events();
+    let mut last = alice.addr;
+    for _ in 0..5 {
+        last = alice.redial();
+        alice_events.wait("alice's announcement of her new address", MAIL, |e| {
+            is(e, "announcement-sent") && e["peer"] == "hitoshi" && has_address(e, IpAddr::V4(last))
+        });
+    }
+    let idle_timeout = Duration::from_secs(30); // Settings::idle_timeout
+    wait_for(
+        "hitoshi connected to alice's last address",
+        idle_timeout,
+        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(last)).then_some(()),
+    );
+}
+
+/// After her address changed, alice still reads her mail: her mailbox
+/// session made from the old address is dead with it, and must not be
+/// left waiting for a server that can no longer answer. hitoshi's next
+/// announcement reaches her, and she still stops cleanly.
+#[test]
+fn alice_still_reads_mail_after_her_address_changed() {
+    let world = World::new();
+    let (mut alice, mut hitoshi) = pair(&world);
+    alice.start();
+    hitoshi.start();
+    wait_for(
+        "hitoshi connected to alice's address at start",
+        MAIL,
+        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
+    );
+    let mut alice_events = alice.events();
+    let new = IpAddr::V4(alice.redial());
+    wait_for("hitoshi connected to alice's new address", MAIL, || {
+        (hitoshi.session_address("alice")?.ip() == new).then_some(())
+    });
+    hitoshi.peerctl_ok(&["announce", "alice"]);
+    alice_events.wait(
+        "alice to read hitoshi's announcement sent after her address changed",
+        Duration::from_secs(30),
+        |e| is(e, "announcement-received") && e["peer"] == "hitoshi",
+    );
+    let started = Instant::now();
+    let status = alice.stop();
     assert_eq!(
-        stream2.finish(LINE).map(|s| s.code()),
-        Some(Some(0)),
-        "peerctl open exits 0 when stdin closes and the service closes"
+        status.code(),
+        Some(0),
+        "peerd exits 0 on SIGTERM\n{}",
+        alice.log()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "peerd took {:?} to stop\n{}",
+        started.elapsed(),
+        alice.log()
     );
 }
 

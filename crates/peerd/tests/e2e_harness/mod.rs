@@ -559,6 +559,8 @@ pub struct Settings {
     pub keepalive: &'static str,
     /// `[announce] debounce`.
     pub debounce: &'static str,
+    /// `[announce] max_per_hour`.
+    pub max_per_hour: u32,
     /// `[[peer]]` entries.
     pub peers: Vec<PeerEntry>,
     /// `[[service]]` entries: name, target, peers.
@@ -577,6 +579,7 @@ impl Settings {
             idle_timeout: "30s",
             keepalive: "5s",
             debounce: "200ms",
+            max_per_hour: 6,
             peers: Vec::new(),
             services: Vec::new(),
             extra: String::new(),
@@ -755,6 +758,7 @@ poll_interval = "{poll}"
 {folders}
 [announce]
 debounce = "{debounce}"
+max_per_hour = {max_per_hour}
 hooks_dir = "{dir}/hooks.d"
 
 [listen]
@@ -773,6 +777,7 @@ idle_timeout = "{idle}"
                 ""
             },
             debounce = s.debounce,
+            max_per_hour = s.max_per_hour,
             keepalive = s.keepalive,
             idle = s.idle_timeout,
         );
