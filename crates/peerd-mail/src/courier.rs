@@ -8,14 +8,16 @@
 //! - **Outputs**: [`CourierState`] on a `watch`, [`CourierEvent`]s on a
 //!   `broadcast`.
 //! - **Shutdown**: on the cancellation token: the receiving task logs out,
-//!   the sending task finishes the mail in flight; the outbox is on disk at
-//!   every step (an intent is committed before any send is tried), so a
+//!   the sending task finishes the mail in flight (for at most 3 s); the
+//!   outbox is on disk at every step (an intent is committed before any send is tried), so a
 //!   kill at any point costs at most a duplicate mail, never a lost one.
 //!
-//! Two tasks: the sender (this actor's command loop, which also wakes
-//! when the outbox has something due) and the receiver (IMAP IDLE / POP3
-//! polling, which may block on the network for minutes). The receiver
-//! asks the sender to mail acks through an internal channel.
+//! Three tasks: the command loop (answers every request from the store
+//! at once), the sender (mails what is due, woken by the command loop or
+//! its timer; an SMTP server that does not answer stalls only it) and the
+//! receiver (IMAP IDLE / POP3 polling, which may block on the network for
+//! minutes). The receiver asks the sender to mail acks through the
+//! command loop.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -389,16 +391,66 @@ where
     handle
 }
 
-/// The sender: commands, and the outbox whenever something is due.
+/// How long a mail in flight may take to finish once shutdown is asked
+/// for; after that it is abandoned (it stays due in the outbox, so the
+/// next run sends it: at most a duplicate, never a loss).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// The command loop: every request is answered from the store at once,
+/// never behind a mail server that is slow to answer (the sending task
+/// does the network part and is woken when something becomes due).
 async fn send_loop(
     shared: Arc<Shared>,
     mut commands: mpsc::Receiver<Command>,
     shutdown: CancellationToken,
 ) -> Result<(), CourierError> {
+    let wake = Arc::new(Notify::new());
+    let (acks_tx, acks) = mpsc::unbounded_channel();
+    let mut sender = tokio::spawn(sender_loop(
+        Arc::clone(&shared),
+        Arc::clone(&wake),
+        acks,
+        shutdown.clone(),
+    ));
+    let result = loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break Ok(()),
+            command = commands.recv() => match command {
+                None => break Ok(()),
+                Some(Command::SendAck { peer, sequence }) => {
+                    // Unbounded: acks are few (one per accepted
+                    // announcement) and must not be lost or block the
+                    // receiver.
+                    let _ = acks_tx.send((peer, sequence));
+                },
+                Some(command) => handle_command(&shared, command, &wake),
+            },
+            ended = &mut sender => break match ended {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(_) => Ok(()),
+            },
+        }
+    };
+    // The sender sees the same token; wait for its mail in flight.
+    if !sender.is_finished() {
+        let _ = sender.await;
+    }
+    result
+}
+
+/// The sending task: the outbox whenever something is due (on its timer,
+/// or woken by a new intent), and the acks the receiver asks for.
+async fn sender_loop(
+    shared: Arc<Shared>,
+    wake: Arc<Notify>,
+    mut acks: mpsc::UnboundedReceiver<(PeerName, u64)>,
+    shutdown: CancellationToken,
+) {
     let mut sequence = SequenceFile::in_dir(&shared.config().state.dir);
     // Whatever an earlier run left in the outbox goes out now.
-    send_due(&shared, &mut sequence, &shutdown).await;
-    loop {
+    until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+    while !shutdown.is_cancelled() {
         let next = shared
             .store
             .next_wakeup(&shared.policy(), SystemTime::now())
@@ -411,13 +463,34 @@ async fn send_loop(
                 .max(MIN_ROUND_GAP)
         });
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
-            command = commands.recv() => match command {
-                None => return Ok(()),
-                Some(command) => handle_command(&shared, &mut sequence, command, &shutdown).await,
+            () = shutdown.cancelled() => return,
+            ack = acks.recv() => match ack {
+                None => return,
+                Some((peer, acked)) => {
+                    until_shutdown(send_ack(&shared, &mut sequence, &peer, acked), &shutdown).await;
+                },
             },
-            () = sleep_or_forever(sleep) => send_due(&shared, &mut sequence, &shutdown).await,
+            () = wake.notified() => {
+                until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+            },
+            () = sleep_or_forever(sleep) => {
+                until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+            },
         }
+    }
+}
+
+/// Runs `work` to its end, unless shutdown is asked for: then it gets
+/// [`SHUTDOWN_GRACE`] more and is dropped (every step is on disk first).
+async fn until_shutdown(work: impl std::future::Future<Output = ()>, shutdown: &CancellationToken) {
+    tokio::pin!(work);
+    tokio::select! {
+        () = &mut work => {},
+        () = shutdown.cancelled() => {
+            if tokio::time::timeout(SHUTDOWN_GRACE, work).await.is_err() {
+                info!("a mail in flight was abandoned at shutdown; it is sent at the next start");
+            }
+        },
     }
 }
 
@@ -428,12 +501,8 @@ async fn sleep_or_forever(d: Option<Duration>) {
     }
 }
 
-async fn handle_command(
-    shared: &Shared,
-    sequence: &mut SequenceFile,
-    command: Command,
-    shutdown: &CancellationToken,
-) {
+/// Answers a request; wakes the sender when something became due.
+fn handle_command(shared: &Shared, command: Command, wake: &Notify) {
     match command {
         Command::Announce {
             peers,
@@ -444,7 +513,7 @@ async fn handle_command(
             let ok = result.is_ok();
             let _ = reply.send(result);
             if ok {
-                send_due(shared, sequence, shutdown).await;
+                wake.notify_one();
             }
         },
         Command::Acknowledged {
@@ -472,17 +541,19 @@ async fn handle_command(
             let ok = result.is_ok();
             let _ = reply.send(result);
             if ok {
-                send_due(shared, sequence, shutdown).await;
+                wake.notify_one();
             }
         },
-        Command::SendAck {
-            peer,
-            sequence: acked,
-        } => send_ack(shared, sequence, &peer, acked).await,
+        Command::SendAck { peer, sequence } => {
+            // Routed to the sender by the command loop.
+            debug!(%peer, sequence, "ack request reached the command handler");
+        },
         Command::Reconfigure { config, reply } => {
             shared.config.send_replace(config);
             shared.refresh_outbox_size();
             let _ = reply.send(Ok(()));
+            // A new resend or rate policy may make something due earlier.
+            wake.notify_one();
         },
     }
 }

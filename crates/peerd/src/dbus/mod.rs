@@ -81,6 +81,9 @@ pub const PEER_INTERFACE: &str = "org.peerd.Peerd1.Peer";
 /// How long the replies of calls still running when peerd stops may take.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// How long connecting to the bus (up to its answer to `Hello`) may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How often the properties are refreshed when no event comes.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(15);
 
@@ -187,14 +190,23 @@ pub async fn serve<A: ControlApi>(
     policy: AccessPolicy,
     shutdown: CancellationToken,
 ) -> Result<(), DbusError> {
-    let connection = bus
-        .builder()
-        .build()
-        .await
-        .map_err(|source| DbusError::Connect {
+    // A bus that takes the connection but never answers `Hello` (a
+    // broken configuration) must not hang this task: the daemon retries.
+    let connection = match timeout(CONNECT_TIMEOUT, bus.builder().build()).await {
+        Ok(built) => built.map_err(|source| DbusError::Connect {
             bus: bus.to_string(),
             source,
-        })?;
+        })?,
+        Err(_) => {
+            return Err(DbusError::Connect {
+                bus: bus.to_string(),
+                source: zbus::Error::Failure(format!(
+                    "no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )),
+            });
+        },
+    };
     // Subscribe before the first snapshot, so no change falls between.
     let events = api.events();
     let snapshot = Arc::new(state::Shared::default());
