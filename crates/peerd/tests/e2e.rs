@@ -265,6 +265,51 @@ fn alice_still_reads_mail_after_her_address_changed() {
     );
 }
 
+/// Two announcements that reach hitoshi's mailbox a moment apart (the
+/// second while he is still reading the first) are both read: a mail
+/// that lands between reading the folder and going back to IMAP IDLE is
+/// not left unseen until some later mail wakes the mailbox session.
+#[test]
+fn hitoshi_reads_announcements_that_arrive_back_to_back() {
+    let world = World::new();
+    let (mut alice, mut hitoshi) = pair(&world);
+    alice.settings.max_per_hour = 30;
+    alice.start();
+    hitoshi.start();
+    wait_for(
+        "hitoshi connected to alice's address at start",
+        MAIL,
+        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
+    );
+    let mut alice_events = alice.events();
+    let mut hitoshi_events = hitoshi.events();
+    // The second mail is sent a moment after the first left alice, the
+    // moment walking across the time when hitoshi reads the first one
+    // (Dovecot's IDLE push waits 0.5 s, then he fetches, verifies, deletes
+    // it, and goes back to IDLE): a race is aimed at, these pauses are not
+    // waits for readiness.
+    for offset_ms in (300..=900).step_by(50) {
+        alice.peerctl_ok(&["announce", "hitoshi"]);
+        alice_events.wait("the first announcement leaving", MAIL, |e| {
+            is(e, "announcement-sent") && e["peer"] == "hitoshi"
+        });
+        std::thread::sleep(Duration::from_millis(offset_ms));
+        alice.peerctl_ok(&["announce", "hitoshi"]);
+        let last = alice_events.wait("the second announcement leaving", MAIL, |e| {
+            is(e, "announcement-sent") && e["peer"] == "hitoshi"
+        });
+        let seq = last["sequence"].as_u64().unwrap();
+        hitoshi_events.wait(
+            &format!(
+                "hitoshi reading the second announcement (sequence {seq}, asked for \
+                 {offset_ms} ms after the first left)"
+            ),
+            Duration::from_secs(20),
+            |e| is(e, "announcement-received") && e["peer"] == "alice" && e["sequence"] == seq,
+        );
+    }
+}
+
 /// Every `--json` listing parses and carries the fields INTERFACE.md
 /// names; `call` times out with 75, a refused socket gives 77, a stopped
 /// daemon 69; the daemon says READY=1 once its socket answers and exits 0
