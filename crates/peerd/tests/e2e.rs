@@ -14,6 +14,7 @@ mod e2e_harness;
 use std::fs;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -699,7 +700,8 @@ impl Sshd {
 #[test]
 fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
     let world = World::new();
-    let (mut alice, hitoshi) = pair(&world);
+    // hitoshi's host exists (alice's [[peer]]); his daemon is not needed.
+    let (mut alice, _hitoshi) = pair(&world);
     let carol = world.identity("carol", "mallory@isp-a.test");
     alice.start();
     let pid = alice.pid();
@@ -761,7 +763,6 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
     assert_eq!(carol_info["key"], carol.key.as_str());
     assert!(alice.is_running());
     assert_eq!(alice.pid(), pid, "reloaded in place, not restarted");
-    drop(hitoshi);
 }
 
 /// `peer add` and `peer remove` change the runtime address book, which
@@ -882,4 +883,28 @@ fn harness_topology_reaches_mail_and_peers() {
         "hitoshi -> alice {target}: {connected:?}"
     );
     assert!(listener.accept().is_ok());
+    drop(listener);
+
+    // Dropping everything removes the namespaces (with their veths), the
+    // hosts files and the world's directory.
+    let names = [
+        alice.ns.name.clone(),
+        hitoshi.ns.name.clone(),
+        world.router().name.clone(),
+    ];
+    let dir = world.dir().to_owned();
+    drop((alice, hitoshi, world));
+    for name in names {
+        assert!(
+            !Path::new("/run/netns").join(&name).exists(),
+            "{name} left behind"
+        );
+        assert!(
+            !Path::new("/etc/netns").join(&name).exists(),
+            "/etc/netns/{name} left behind"
+        );
+    }
+    if std::env::var_os("PEERD_E2E_KEEP").is_none() {
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
 }

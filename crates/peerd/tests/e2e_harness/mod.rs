@@ -46,7 +46,6 @@
     reason = "test helpers, shared by test files that use different parts"
 )]
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -1298,12 +1297,4 @@ impl Drop for Stream {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Lines of `text` that mention `needle`, for assertions on logs.
-pub fn lines_with(text: &str, needle: &str) -> VecDeque<String> {
-    text.lines()
-        .filter(|l| l.contains(needle))
-        .map(str::to_owned)
-        .collect()
 }
