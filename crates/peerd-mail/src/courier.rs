@@ -182,6 +182,7 @@ enum Command {
 #[derive(Clone, Debug)]
 pub struct CourierHandle {
     commands: mpsc::Sender<Command>,
+    network: Arc<watch::Sender<u64>>,
     wake_receiver: Arc<Notify>,
     state: watch::Receiver<CourierState>,
     events: broadcast::Sender<CourierEvent>,
@@ -252,6 +253,14 @@ impl CourierHandle {
         rx.await.map_err(|_| CourierError::Gone)?
     }
 
+    /// This host's addresses changed: the mailbox session and a mail in
+    /// flight, whose connections may come from an address that is gone,
+    /// are dropped (without a goodbye the server could not hear) and made
+    /// again at once. A mail dropped this way stays due and is sent again.
+    pub fn local_addresses_changed(&self) {
+        self.network.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Checks the mailbox now (interrupts IDLE or the poll wait).
     pub fn check_now(&self) {
         self.wake_receiver.notify_one();
@@ -282,6 +291,9 @@ struct Shared {
     store: Arc<Store>,
     state: watch::Sender<CourierState>,
     events: broadcast::Sender<CourierEvent>,
+    /// Bumped when this host's addresses change: connections made from an
+    /// address that may be gone are dropped and made again.
+    network: Arc<watch::Sender<u64>>,
 }
 
 impl Shared {
@@ -360,14 +372,17 @@ where
     let (commands_tx, commands_rx) = mpsc::channel(64);
     let wake_receiver = Arc::new(Notify::new());
     let (config, _) = watch::channel(config);
+    let network = Arc::new(watch::Sender::new(0));
     let shared = Arc::new(Shared {
         config,
         identity,
         store,
         state: state_tx,
         events: events.clone(),
+        network: Arc::clone(&network),
     });
     let handle = CourierHandle {
+        network,
         commands: commands_tx.clone(),
         wake_receiver: Arc::clone(&wake_receiver),
         state: state_rx,
@@ -448,9 +463,24 @@ async fn sender_loop(
     shutdown: CancellationToken,
 ) {
     let mut sequence = SequenceFile::in_dir(&shared.config().state.dir);
+    let mut network = shared.network.subscribe();
     // Whatever an earlier run left in the outbox goes out now.
-    until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+    let mut again = sending(
+        send_due(&shared, &mut sequence, &shutdown),
+        &mut network,
+        &shutdown,
+    )
+    .await;
     while !shutdown.is_cancelled() {
+        if again {
+            again = sending(
+                send_due(&shared, &mut sequence, &shutdown),
+                &mut network,
+                &shutdown,
+            )
+            .await;
+            continue;
+        }
         let next = shared
             .store
             .next_wakeup(&shared.policy(), SystemTime::now())
@@ -467,16 +497,39 @@ async fn sender_loop(
             ack = acks.recv() => match ack {
                 None => return,
                 Some((peer, acked)) => {
-                    until_shutdown(send_ack(&shared, &mut sequence, &peer, acked), &shutdown).await;
+                    // An ack cut off by an address change is not sent
+                    // again: the peer re-sends its announcement, which is
+                    // acknowledged then.
+                    sending(send_ack(&shared, &mut sequence, &peer, acked), &mut network, &shutdown).await;
                 },
             },
             () = wake.notified() => {
-                until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+                again = sending(send_due(&shared, &mut sequence, &shutdown), &mut network, &shutdown).await;
             },
             () = sleep_or_forever(sleep) => {
-                until_shutdown(send_due(&shared, &mut sequence, &shutdown), &shutdown).await;
+                again = sending(send_due(&shared, &mut sequence, &shutdown), &mut network, &shutdown).await;
             },
         }
+    }
+}
+
+/// Runs `work` (SMTP), dropping it when this host's addresses change (its
+/// connection may come from an address that is gone: the intents stay
+/// due, and `true` says to send again at once) or, after
+/// [`SHUTDOWN_GRACE`], when shutdown is asked for.
+async fn sending(
+    work: impl std::future::Future<Output = ()>,
+    network: &mut watch::Receiver<u64>,
+    shutdown: &CancellationToken,
+) -> bool {
+    network.borrow_and_update();
+    tokio::pin!(work);
+    tokio::select! {
+        () = until_shutdown(&mut work, shutdown) => false,
+        _ = network.changed() => {
+            info!("this host's address changed while sending: sending again from the new one");
+            true
+        },
     }
 }
 
@@ -839,15 +892,31 @@ async fn receive_loop(
     shutdown: CancellationToken,
 ) {
     let mut config = shared.config.subscribe();
+    let mut network = shared.network.subscribe();
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
         let protocol = config.borrow_and_update().mail.incoming.protocol;
-        let result = match protocol {
-            IncomingProtocol::Imap => {
-                imap_session(&shared, &commands, &wake, &shutdown, &config).await
-            },
-            IncomingProtocol::Pop3 => {
-                pop3_polling(&shared, &commands, &wake, &shutdown, &config).await
+        network.borrow_and_update();
+        let session = async {
+            match protocol {
+                IncomingProtocol::Imap => {
+                    imap_session(&shared, &commands, &wake, &shutdown, &config).await
+                },
+                IncomingProtocol::Pop3 => {
+                    pop3_polling(&shared, &commands, &wake, &shutdown, &config).await
+                },
+            }
+        };
+        tokio::pin!(session);
+        let result = tokio::select! {
+            r = &mut session => r,
+            _ = network.changed() => Ok(Ended::AddressChanged),
+            // The session logs out on its own; a server that cannot be
+            // reached any more (our address went) gets only a moment.
+            () = shutdown.cancelled() => {
+                tokio::time::timeout(SHUTDOWN_GRACE, &mut session)
+                    .await
+                    .unwrap_or(Ok(Ended::Shutdown))
             },
         };
         shared
@@ -857,6 +926,11 @@ async fn receive_loop(
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Reconfigured) => {
                 info!("mailbox settings reloaded; connecting again");
+                failures = 0;
+                continue;
+            },
+            Ok(Ended::AddressChanged) => {
+                info!("this host's address changed; connecting to the mailbox again");
                 failures = 0;
                 continue;
             },
@@ -875,6 +949,7 @@ async fn receive_loop(
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = wake.notified() => {},
+            _ = network.changed() => {},
             () = tokio::time::sleep(delay) => {},
         }
     }
@@ -886,6 +961,8 @@ enum Ended {
     Shutdown,
     /// The configuration changed: connect again with the new one.
     Reconfigured,
+    /// This host's addresses changed: the session was dropped.
+    AddressChanged,
 }
 
 /// Whether [`CourierHandle::reconfigure`] replaced the configuration since

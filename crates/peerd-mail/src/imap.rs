@@ -132,6 +132,12 @@ pub struct ImapMailbox {
     uidplus: bool,
     move_ext: bool,
     selected: Option<String>,
+    /// The highest UID the last scan of each folder covered: a folder
+    /// whose UIDNEXT is beyond it when IDLE is to start got mail since.
+    scanned: std::collections::HashMap<String, u32>,
+    /// The server said "new mail" (EXISTS, RECENT) while we were busy with
+    /// other commands; IDLE would not say it again.
+    new_mail: bool,
 }
 
 impl fmt::Debug for ImapMailbox {
@@ -221,6 +227,8 @@ impl ImapMailbox {
             uidplus: false,
             move_ext: false,
             selected: None,
+            scanned: std::collections::HashMap::new(),
+            new_mail: false,
         };
         let caps = step("CAPABILITY", limit, mailbox.session.capabilities()).await?;
         mailbox.idle = caps.has_str("IDLE");
@@ -295,6 +303,8 @@ impl ImapMailbox {
             .max(),
         };
         let Some(high) = high else {
+            self.note_new_mail();
+            self.scanned.insert(folder.to_owned(), after);
             return Ok(Some(FolderScan {
                 mark: FolderMark {
                     uid_validity,
@@ -349,7 +359,8 @@ impl ImapMailbox {
             }
             found.sort_by_key(|f| f.uid);
         }
-        while self.session.unsolicited_responses.try_recv().is_ok() {}
+        self.note_new_mail();
+        self.scanned.insert(folder.to_owned(), high);
         Ok(Some(FolderScan {
             mark: FolderMark {
                 uid_validity,
@@ -419,9 +430,31 @@ impl ImapMailbox {
 
     async fn ensure_selected(&mut self, folder: &str) -> Result<(), ImapError> {
         if self.selected.as_deref() != Some(folder) {
-            self.select(folder).await?;
+            let mailbox = self.select(folder).await?;
+            // Mail that came while other folders were scanned shows only
+            // in this SELECT's answer, never again during IDLE.
+            if let (Some(next), Some(high)) = (mailbox.uid_next, self.scanned.get(folder))
+                && next.saturating_sub(1) > *high
+            {
+                self.new_mail = true;
+            }
         }
         Ok(())
+    }
+
+    /// Reads what the server said unasked; remembers whether it announced
+    /// new mail (the rest - EXPUNGE of our own deletions, FETCH flags - is
+    /// of no interest).
+    fn note_new_mail(&mut self) {
+        while let Ok(r) = self.session.unsolicited_responses.try_recv() {
+            if matches!(
+                r,
+                async_imap::types::UnsolicitedResponse::Exists(_)
+                    | async_imap::types::UnsolicitedResponse::Recent(_)
+            ) {
+                self.new_mail = true;
+            }
+        }
     }
 
     /// Waits in IDLE on `folder` until the server reports a change, `wake`
@@ -433,6 +466,13 @@ impl ImapMailbox {
         wake: impl Future<Output = ()>,
     ) -> Result<Self, ImapError> {
         self.ensure_selected(folder).await?;
+        // Mail announced while the last scan (or disposal) ran: no IDLE,
+        // the caller scans again at once.
+        self.note_new_mail();
+        if std::mem::take(&mut self.new_mail) {
+            tracing::debug!(folder, "new mail arrived during the scan: scanning again");
+            return Ok(self);
+        }
         let limit = self.limit;
         let mut handle = self.session.idle();
         step("IDLE", limit, handle.init()).await?;

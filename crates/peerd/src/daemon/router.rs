@@ -3,7 +3,7 @@
 //!
 //! | event | what follows |
 //! |---|---|
-//! | watcher `AddressChanged` | connector: the dialling sockets move (migration); courier: an announcement to every `announce = true` peer (`announce.on_change`) |
+//! | watcher `AddressChanged` | connector: the dialling sockets move (migration); courier: the mailbox session and a mail in flight start again from the new address, and an announcement goes to every `announce = true` peer (`announce.on_change`) |
 //! | courier `AnnouncementReceived` | remembered as the peer's last announced addresses; connector: dial them when the peer has `auto_connect` (the hello carries the sequence as our ack) |
 //! | connector `Acknowledged` | courier: that announcement arrived, stop re-sending it |
 //! | link `CheckDue` | courier: check the mailbox now; when the check is over, link: `check_done` |
@@ -264,6 +264,9 @@ impl Router {
             interface: interface.as_deref().map(InterfaceName::new),
             addresses: ips,
         });
+        // Before the announcement is queued: the courier drops connections
+        // made from the old address, then sends from the new one.
+        self.courier.local_addresses_changed();
         let connector = self.connector.clone();
         self.side.spawn(async move {
             if let Err(e) = connector.local_addresses_changed().await {
