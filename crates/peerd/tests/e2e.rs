@@ -39,6 +39,32 @@ fn pair(world: &World) -> (Host, Host) {
     (alice, hitoshi)
 }
 
+/// Waits until the start-up has settled: each has read the other's
+/// announcement made at start, and hitoshi is connected to alice.
+///
+/// Tests that change an address wait for this first, so that their
+/// announcement does not land while the one from start-up is still being
+/// read (that race has a test of its own,
+/// `hitoshi_reads_announcements_that_arrive_back_to_back`).
+fn settle(alice: &Host, hitoshi: &Host) {
+    wait_for(
+        "the start-up announcements read on both sides",
+        MAIL,
+        || {
+            let knows = |host: &Host, peer: &str| {
+                host.peer_info(peer)
+                    .is_some_and(|p| p["announced_at"].is_string())
+            };
+            (knows(alice, "hitoshi") && knows(hitoshi, "alice")).then_some(())
+        },
+    );
+    wait_for(
+        "hitoshi connected to alice's address at start",
+        MAIL,
+        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
+    );
+}
+
 /// Whether an event's `addresses` list has one with IP `ip`.
 fn has_address(event: &Value, ip: IpAddr) -> bool {
     event["addresses"].as_array().is_some_and(|list| {
@@ -89,13 +115,8 @@ fn hitoshi_follows_alice_through_two_address_changes() {
     alice.start();
     hitoshi.start();
     let mut events = hitoshi.events();
-    // At start each announces itself to the other; let that settle (a
-    // redial while that mail is on the wire is another story).
-    wait_for(
-        "hitoshi connected to alice's address at start",
-        MAIL,
-        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
-    );
+    // At start each announces itself to the other; let that settle.
+    settle(&alice, &hitoshi);
 
     let first = IpAddr::V4(alice.redial());
     let received = events.wait(
@@ -205,9 +226,7 @@ fn hitoshi_ends_at_alice_s_last_address_after_rapid_changes() {
     alice.settings.max_per_hour = 30;
     alice.start();
     hitoshi.start();
-    wait_for("hitoshi connected to alice's first address", MAIL, || {
-        (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(())
-    });
+    settle(&alice, &hitoshi);
     let mut alice_events = alice.events();
     let mut last = alice.addr;
     for _ in 0..5 {
@@ -234,11 +253,7 @@ fn alice_still_reads_mail_after_her_address_changed() {
     let (mut alice, mut hitoshi) = pair(&world);
     alice.start();
     hitoshi.start();
-    wait_for(
-        "hitoshi connected to alice's address at start",
-        MAIL,
-        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
-    );
+    settle(&alice, &hitoshi);
     let mut alice_events = alice.events();
     let new = IpAddr::V4(alice.redial());
     wait_for("hitoshi connected to alice's new address", MAIL, || {
@@ -277,11 +292,7 @@ fn hitoshi_reads_announcements_that_arrive_back_to_back() {
     alice.settings.max_per_hour = 30;
     alice.start();
     hitoshi.start();
-    wait_for(
-        "hitoshi connected to alice's address at start",
-        MAIL,
-        || (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(()),
-    );
+    settle(&alice, &hitoshi);
     let mut alice_events = alice.events();
     let mut hitoshi_events = hitoshi.events();
     // The second mail is sent a moment after the first left alice, the
