@@ -86,6 +86,9 @@ use crate::wire::{
 /// by `examples/throughput.rs` (docs/performance.md).
 const SERVICE_COPY_BUFFER: usize = 256 * 1024;
 
+/// How often sessions are checked for a peer that moved (migration).
+const PATH_CHECK: Duration = Duration::from_millis(500);
+
 /// Timings that are not in the configuration file: the daemon uses
 /// [`Tuning::default`]; tests shorten them.
 #[derive(Debug, Clone)]
@@ -772,6 +775,8 @@ impl Actor {
                 .tracker
                 .spawn(accept_loop(endpoint, ctx).in_current_span());
         }
+        let mut paths = tokio::time::interval(PATH_CHECK);
+        paths.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
@@ -781,6 +786,7 @@ impl Actor {
                     None => break,
                 },
                 Some(msg) = self.internal.recv() => self.internal(msg),
+                _ = paths.tick() => self.follow_migrations(),
             }
         }
         self.shutdown().await;
@@ -826,6 +832,26 @@ impl Actor {
             .unwrap_or(0);
         self.last_selection = (self.last_selection + 1).max(now);
         self.last_selection
+    }
+
+    /// A peer that dialled us may move (QUIC migration: its address
+    /// changed and the session followed): the state then shows where it
+    /// is now, as the session sees it.
+    fn follow_migrations(&self) {
+        for (peer, entry) in &self.peers {
+            let Some(live) = &entry.session else { continue };
+            let now = live.shared.conn.remote_address();
+            let moved = self.states.send_if_modified(|m| match m.get_mut(peer) {
+                Some(PeerState::Connected { address, .. }) if *address != now => {
+                    *address = now;
+                    true
+                },
+                _ => false,
+            });
+            if moved {
+                info!(%peer, address = %now, "The peer moved; the session followed it");
+            }
+        }
     }
 
     fn set_state(&self, peer: &PeerName, state: PeerState) {

@@ -127,6 +127,21 @@ fn the_dialling_side_migrates_when_its_address_changes() {
         let moved = b.handle.open(&name("a"), None).await.unwrap();
         assert_eq!(moved.remote_address().ip().to_string(), "10.9.0.5");
         let _ = incoming.recv().await;
+        // ... and so does B's state (what `peerctl peers` shows there).
+        let mut states = b.handle.watch();
+        let followed = tokio::time::timeout(
+            TIMEOUT,
+            states.wait_for(|m| {
+                matches!(m.get(&name("a")), Some(PeerState::Connected { address, .. })
+                    if address.ip().to_string() == "10.9.0.5")
+            }),
+        )
+        .await;
+        assert!(
+            followed.is_ok(),
+            "B's state: {:?}",
+            b.handle.state(&name("a"))
+        );
         assert!(matches!(
             a.handle.state(&name("b")),
             PeerState::Connected { .. }

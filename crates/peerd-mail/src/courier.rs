@@ -17,7 +17,10 @@
 //! its timer; an SMTP server that does not answer stalls only it) and the
 //! receiver (IMAP IDLE / POP3 polling, which may block on the network for
 //! minutes). The receiver asks the sender to mail acks through the
-//! command loop.
+//! command loop. On a link dialled on demand the receiver keeps no session
+//! and polls on no timer: it checks once each time it is asked
+//! ([`CourierHandle::check_now`], which the daemon calls for the link
+//! manager's mail checks), since the link is down in between.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -895,6 +898,15 @@ async fn receive_loop(
     let mut network = shared.network.subscribe();
     let mut failures: u32 = 0;
     while !shutdown.is_cancelled() {
+        if checks_on_demand(&config.borrow()) {
+            // The link is down between checks: a session, or a poll, is
+            // made only when one is asked for (the link manager's mail
+            // check, `peerctl check`), never on a timer of our own.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => {},
+            }
+        }
         let protocol = config.borrow_and_update().mail.incoming.protocol;
         network.borrow_and_update();
         let session = async {
@@ -929,6 +941,10 @@ async fn receive_loop(
                 failures = 0;
                 continue;
             },
+            Ok(Ended::Checked) => {
+                failures = 0;
+                continue;
+            },
             Ok(Ended::AddressChanged) => {
                 info!("this host's address changed; connecting to the mailbox again");
                 failures = 0;
@@ -942,6 +958,10 @@ async fn receive_loop(
             .state
             .send_modify(|s| s.mailbox_error = Some(error.clone()));
         shared.emit(CourierEvent::MailboxError { error });
+        if checks_on_demand(&config.borrow()) {
+            // The next check is the link manager's to ask for.
+            continue;
+        }
         let ceiling = RECONNECT_BASE
             .saturating_mul(1 << failures.min(10).saturating_sub(1))
             .min(RECONNECT_MAX);
@@ -963,6 +983,15 @@ enum Ended {
     Reconfigured,
     /// This host's addresses changed: the session was dropped.
     AddressChanged,
+    /// One check was asked for and made (an on-demand link).
+    Checked,
+}
+
+/// Whether the mailbox is checked only when asked (a link dialled on
+/// demand: no session is kept up, no poll runs on a timer, since either
+/// would need the link, or fail while it is down).
+fn checks_on_demand(config: &Config) -> bool {
+    config.link.on_demand && config.link.driver != peerd_config::LinkDriver::External
 }
 
 /// Whether [`CourierHandle::reconfigure`] replaced the configuration since
@@ -1073,6 +1102,10 @@ async fn imap_session(
             s.last_check = Some(SystemTime::now());
             s.mailbox_error = None;
         });
+        if checks_on_demand(&shared.config()) {
+            mailbox.logout().await;
+            return Ok(Ended::Checked);
+        }
         if mailbox.supports_idle() {
             let woken = async {
                 tokio::select! {
@@ -1294,6 +1327,9 @@ async fn pop3_polling(
             s.last_check = Some(SystemTime::now());
             s.mailbox_error = None;
         });
+        if checks_on_demand(&shared.config()) {
+            return Ok(Ended::Checked);
+        }
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Ended::Shutdown),
             () = wake.notified() => {},
