@@ -379,6 +379,11 @@ pub enum ErrorKind {
     NotConnected,
     /// The wait ended without the result.
     Timeout,
+    /// The link is down and could not be brought up (pppd or the modem
+    /// failed, or it is held down by `link down`).
+    LinkDown,
+    /// The peer refused (our key during the handshake, or the service).
+    Refused,
     /// The daemon cannot serve this now (it is stopping, a part of it is
     /// not running, too many connections).
     Unavailable,
@@ -398,6 +403,8 @@ impl ErrorKind {
             Self::NoKey => "no-key",
             Self::NotConnected => "not-connected",
             Self::Timeout => "timeout",
+            Self::LinkDown => "link-down",
+            Self::Refused => "refused",
             Self::Unavailable => "unavailable",
             Self::Failed => "failed",
         }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use peerd_addr::WatcherHandle;
 use peerd_config::{Config, IncomingProtocol, LinkDriver as ConfigDriver, PeerConfig};
-use peerd_connect::{ConnectError, ConnectorHandle, OpenError, PeerState as ConnState};
+use peerd_connect::{ConnectError, ConnectorHandle, FailReason, OpenError, PeerState as ConnState};
 use peerd_control::{
     AddressInfo, CandidateInfo, ControlError, ErrorKind, Event, InterfaceInfo, KeyInfo, LinkDriver,
     LinkInfo, LinkState as InfoLinkState, MailProtocol, MailboxInfo, NewPeer, OutboxEntryInfo,
@@ -89,7 +89,8 @@ fn link_error(e: LinkError) -> ControlError {
     match e {
         LinkError::Gone => stopping(),
         LinkError::Timeout { .. } => ControlError::new(ErrorKind::Timeout, e.to_string()),
-        other => failed(other),
+        // Not managed (external), held down, failed: the link is down.
+        other => ControlError::new(ErrorKind::LinkDown, other.to_string()),
     }
 }
 
@@ -110,6 +111,7 @@ fn open_error(e: OpenError) -> ControlError {
         OpenError::NoKey(_) => ControlError::new(ErrorKind::NoKey, e.to_string()),
         OpenError::NotConnected(_) => ControlError::new(ErrorKind::NotConnected, e.to_string()),
         OpenError::Timeout(_) => ControlError::new(ErrorKind::Timeout, e.to_string()),
+        OpenError::Refused { .. } => ControlError::new(ErrorKind::Refused, e.to_string()),
         other => failed(other),
     }
 }
@@ -397,7 +399,15 @@ impl DaemonApi {
             Ok(_) => session_of(peer, &self.connector.state(peer))
                 .ok_or_else(|| failed("the session ended at once")),
             Err(ConnectError::Failed { reason, .. }) => {
-                Err(failed(format!("cannot connect to {peer}: {reason}")))
+                let kind = match reason {
+                    FailReason::RefusedByPeer | FailReason::WrongKey { .. } => ErrorKind::Refused,
+                    FailReason::Timeout { .. } => ErrorKind::Timeout,
+                    _ => ErrorKind::Failed,
+                };
+                Err(ControlError::new(
+                    kind,
+                    format!("cannot connect to {peer}: {reason}"),
+                ))
             },
             Err(e) => Err(connect_error(e)),
         }
@@ -743,6 +753,9 @@ mod tests {
             ErrorKind::NoKey
         );
         assert_eq!(open_error(OpenError::Timeout(10)).kind, ErrorKind::Timeout);
+        assert_eq!(link_error(LinkError::HeldDown).kind, ErrorKind::LinkDown);
+        assert_eq!(link_error(LinkError::NotManaged).kind, ErrorKind::LinkDown);
+        assert_eq!(link_error(LinkError::Gone).kind, ErrorKind::Unavailable);
         assert_eq!(
             connect_error(ConnectError::UnknownPeer("x".into())).kind,
             ErrorKind::UnknownPeer

@@ -38,6 +38,12 @@ pub enum PeerdError {
     /// The daemon gave up waiting for the result.
     #[error("{0}")]
     Timeout(String),
+    /// The link is down and could not be brought up.
+    #[error("{0}")]
+    LinkDown(String),
+    /// The peer refused (our key, or the service).
+    #[error("{0}")]
+    Refused(String),
     /// The daemon cannot do this now (stopping, or the part that does it is
     /// not running).
     #[error("{0}")]
@@ -68,6 +74,8 @@ impl PeerdError {
             Self::NoKey(_) => "org.peerd.Peerd1.Error.NoKey",
             Self::NotConnected(_) => "org.peerd.Peerd1.Error.NotConnected",
             Self::Timeout(_) => "org.peerd.Peerd1.Error.Timeout",
+            Self::LinkDown(_) => "org.peerd.Peerd1.Error.LinkDown",
+            Self::Refused(_) => "org.peerd.Peerd1.Error.Refused",
             Self::Unavailable(_) => "org.peerd.Peerd1.Error.Unavailable",
             Self::Failed(_) => "org.peerd.Peerd1.Error.Failed",
         }
@@ -83,6 +91,8 @@ impl PeerdError {
             | Self::NoKey(m)
             | Self::NotConnected(m)
             | Self::Timeout(m)
+            | Self::LinkDown(m)
+            | Self::Refused(m)
             | Self::Unavailable(m)
             | Self::Failed(m) => m,
         }
@@ -114,6 +124,8 @@ impl From<ControlError> for PeerdError {
             ErrorKind::NoKey => Self::NoKey(message),
             ErrorKind::NotConnected => Self::NotConnected(message),
             ErrorKind::Timeout => Self::Timeout(message),
+            ErrorKind::LinkDown => Self::LinkDown(message),
+            ErrorKind::Refused => Self::Refused(message),
             ErrorKind::Unavailable => Self::Unavailable(message),
             // UnsupportedVersion belongs to the control socket's hello;
             // kinds added later are Failed until they get a name here.
@@ -143,6 +155,8 @@ mod tests {
                 "org.peerd.Peerd1.Error.NotConnected",
             ),
             (ErrorKind::Timeout, "org.peerd.Peerd1.Error.Timeout"),
+            (ErrorKind::LinkDown, "org.peerd.Peerd1.Error.LinkDown"),
+            (ErrorKind::Refused, "org.peerd.Peerd1.Error.Refused"),
             (ErrorKind::Unavailable, "org.peerd.Peerd1.Error.Unavailable"),
             (ErrorKind::Failed, "org.peerd.Peerd1.Error.Failed"),
             (
