@@ -1043,11 +1043,11 @@ impl Actor {
             live.shared
                 .close(close::REQUESTED, DisconnectReason::Requested);
             info!(%peer, "Disconnected on request");
+            self.set_state(peer, PeerState::Idle);
             self.ctx.event(ConnectEvent::Disconnected {
                 peer: peer.clone(),
                 reason: DisconnectReason::Requested,
             });
-            self.set_state(peer, PeerState::Idle);
             return Ok(true);
         }
         if any {
@@ -1058,17 +1058,17 @@ impl Actor {
     }
 
     fn fail(&self, peer: &PeerName, reason: FailReason) {
-        self.ctx.event(ConnectEvent::Failed {
-            peer: peer.clone(),
-            reason: reason.clone(),
-        });
         self.set_state(
             peer,
             PeerState::Failed {
-                reason,
+                reason: reason.clone(),
                 at: SystemTime::now(),
             },
         );
+        self.ctx.event(ConnectEvent::Failed {
+            peer: peer.clone(),
+            reason,
+        });
     }
 
     fn set_book(&mut self, book: AddressBook) {
@@ -1238,15 +1238,7 @@ impl Actor {
         });
         let peer = a.peer.clone();
         let _ = a.verdict.send(Verdict::Keep { reply, frames });
-        if report {
-            info!(%peer, %address, direction = %a.direction, "Connected");
-            self.ctx.event(ConnectEvent::Connected {
-                peer: peer.clone(),
-                address,
-                direction: a.direction,
-                acked: a.hello.acked,
-            });
-        }
+        // The state first, then the event (as for disconnections).
         self.set_state(
             &peer,
             PeerState::Connected {
@@ -1258,6 +1250,15 @@ impl Actor {
                 },
             },
         );
+        if report {
+            info!(%peer, %address, direction = %a.direction, "Connected");
+            self.ctx.event(ConnectEvent::Connected {
+                peer: peer.clone(),
+                address,
+                direction: a.direction,
+                acked: a.hello.acked,
+            });
+        }
         if a.hello.acked > 0 {
             self.acked(&peer, a.hello.acked);
         }
@@ -1288,13 +1289,11 @@ impl Actor {
         }
         info!(%peer, %reason, "Disconnected");
         entry.reported_up = false;
-        self.ctx.event(ConnectEvent::Disconnected {
-            peer: peer.clone(),
-            reason: reason.clone(),
-        });
-        let state = match reason {
+        // The state first, then the event: whoever reacts to the event
+        // reads the state it leads to.
+        let state = match &reason {
             DisconnectReason::IdleTimeout | DisconnectReason::Lost(_) => PeerState::Failed {
-                reason: FailReason::Lost(reason),
+                reason: FailReason::Lost(reason.clone()),
                 at: SystemTime::now(),
             },
             _ if dialling => match self.current_state(peer) {
@@ -1306,6 +1305,10 @@ impl Actor {
             _ => PeerState::Idle,
         };
         self.set_state(peer, state);
+        self.ctx.event(ConnectEvent::Disconnected {
+            peer: peer.clone(),
+            reason,
+        });
     }
 }
 
