@@ -343,6 +343,16 @@ pub struct LinkConfig {
     pub init: Vec<String>,
 }
 
+impl LinkConfig {
+    /// Whether peerd dials this link only when something needs it (a
+    /// lease, a mail check): `on_demand` with a driver peerd dials. A
+    /// loaded configuration never has `on_demand` with `external`; a
+    /// configuration built by hand is treated the same way.
+    pub fn dials_on_demand(&self) -> bool {
+        self.on_demand && self.driver != LinkDriver::External
+    }
+}
+
 /// `[mail]`: this host's mailbox.
 #[derive(Debug, Clone)]
 pub struct MailConfig {

@@ -294,7 +294,7 @@ where
     };
     let now = Instant::now();
     let checks = Checks {
-        next_at: (config.on_demand && config.driver != LinkDriver::External).then(|| {
+        next_at: config.dials_on_demand().then(|| {
             if tuning.check_at_start {
                 now
             } else {

@@ -991,7 +991,7 @@ enum Ended {
 /// demand: no session is kept up, no poll runs on a timer, since either
 /// would need the link, or fail while it is down).
 fn checks_on_demand(config: &Config) -> bool {
-    config.link.on_demand && config.link.driver != peerd_config::LinkDriver::External
+    config.link.dials_on_demand()
 }
 
 /// Whether [`CourierHandle::reconfigure`] replaced the configuration since

@@ -244,8 +244,7 @@ impl DaemonApi {
 
     /// Whether requests must hold a lease for the link to be up.
     fn on_demand(&self) -> bool {
-        let s = self.settings();
-        s.config.link.driver != ConfigDriver::External && s.config.link.on_demand
+        self.settings().config.link.dials_on_demand()
     }
 
     /// A lease when the link is dialled on demand.
@@ -258,6 +257,15 @@ impl DaemonApi {
             .await
             .map(Some)
             .map_err(link_error)
+    }
+
+    /// A lease for a request that needs the link, waiting as long as the
+    /// link manager's own `acquire` does.
+    async fn request_lease(&self) -> Result<Option<Lease>, ControlError> {
+        if !self.on_demand() {
+            return Ok(None);
+        }
+        self.link.acquire().await.map(Some).map_err(link_error)
     }
 
     fn candidates(&self) -> Result<Vec<Candidate>, ControlError> {
@@ -345,6 +353,21 @@ impl DaemonApi {
                 _ => None,
             },
         }
+    }
+
+    /// The start of the caller flow, once the link is up: if `peer`
+    /// announced first, dial it while our announcement travels; then
+    /// announce this host to it.
+    async fn reach_out(&self, peer: &PeerName) -> Result<(), ControlError> {
+        let heard = self.heard.borrow().get(peer).cloned();
+        if let Some(h) = heard {
+            self.connector
+                .connect(peer, h.candidates, h.sequence)
+                .await
+                .map_err(connect_error)?;
+        }
+        self.announce_now(Some(vec![peer.clone()])).await?;
+        Ok(())
     }
 
     /// Waits until `peer` is connected, until `deadline`.
@@ -524,17 +547,13 @@ impl ControlApi for DaemonApi {
         for p in &peers {
             self.peer(p)?;
         }
-        let _lease = self
-            .lease(peerd_link::Tuning::default().acquire_timeout)
-            .await?;
+        let _lease = self.request_lease().await?;
         let peers = (!peers.is_empty()).then_some(peers);
         self.announce_now(peers).await
     }
 
     async fn check(&self) -> Result<(), ControlError> {
-        let _lease = self
-            .lease(peerd_link::Tuning::default().acquire_timeout)
-            .await?;
+        let _lease = self.request_lease().await?;
         let mut state = self.courier.watch();
         let before = state.borrow_and_update().clone();
         self.courier.check_now();
@@ -570,15 +589,7 @@ impl ControlApi for DaemonApi {
             return Ok(s);
         }
         let _lease = self.lease(wait).await?;
-        // If it announced first, dial it while our announcement travels.
-        let heard = self.heard.borrow().get(&peer).cloned();
-        if let Some(h) = heard {
-            self.connector
-                .connect(&peer, h.candidates, h.sequence)
-                .await
-                .map_err(connect_error)?;
-        }
-        self.announce_now(Some(vec![peer.clone()])).await?;
+        self.reach_out(&peer).await?;
         // The lease is held until the session is up; the router's session
         // lease takes over from there.
         self.wait_session(&peer, deadline).await
@@ -590,14 +601,7 @@ impl ControlApi for DaemonApi {
             return Ok(());
         }
         let lease = self.lease(CALL_START_LINK_WAIT).await?;
-        let heard = self.heard.borrow().get(&peer).cloned();
-        if let Some(h) = heard {
-            self.connector
-                .connect(&peer, h.candidates, h.sequence)
-                .await
-                .map_err(connect_error)?;
-        }
-        self.announce_now(Some(vec![peer.clone()])).await?;
+        self.reach_out(&peer).await?;
         if let Some(lease) = lease {
             // The rest of the flow is the peer's answer: the link is kept
             // for it as `call` would, and the router's session lease takes
@@ -619,9 +623,7 @@ impl ControlApi for DaemonApi {
 
     async fn connect(&self, peer: PeerName) -> Result<SessionInfo, ControlError> {
         self.keyed_peer(&peer)?;
-        let _lease = self
-            .lease(peerd_link::Tuning::default().acquire_timeout)
-            .await?;
+        let _lease = self.request_lease().await?;
         self.dial(&peer).await
     }
 
@@ -641,9 +643,7 @@ impl ControlApi for DaemonApi {
         self.keyed_peer(&peer)?;
         if session_of(&peer, &self.connector.state(&peer)).is_none() {
             // Like ssh: `open` reaches the peer if it can be reached.
-            let _lease = self
-                .lease(peerd_link::Tuning::default().acquire_timeout)
-                .await?;
+            let _lease = self.request_lease().await?;
             self.dial(&peer).await?;
         }
         let stream = self

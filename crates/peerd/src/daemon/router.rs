@@ -28,7 +28,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use peerd_addr::{AddressEvent, WatcherHandle};
-use peerd_config::LinkDriver;
 use peerd_connect::{ConnectEvent, ConnectorHandle, PeerState as ConnState};
 use peerd_control::{CandidateInfo, Event, EventKind, LinkState as InfoLinkState};
 use peerd_core::{Candidate, PeerName};
@@ -150,8 +149,7 @@ impl Router {
 
     /// Whether the link is dialled on demand (leases matter).
     fn on_demand(&self) -> bool {
-        let c = self.config();
-        c.link.on_demand && c.link.driver != LinkDriver::External
+        self.config().link.dials_on_demand()
     }
 
     /// Routes events until `shutdown`.
