@@ -15,25 +15,11 @@ use std::time::Duration;
 
 use common::{Host, HostOptions, candidate, config_text};
 use peerd_mail::CourierEvent;
-use peerd_testkit::MailStack;
+use peerd_testkit::{MailStack, Program, workspace_program};
 
 /// The example binary, built on demand in this test's target dir.
 fn child_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    let path = profile_dir.join("examples").join("courier_child");
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "-p", "peerd-mail", "--example", "courier_child"]);
-    if release {
-        build.arg("--release");
-    }
-    // the test's target dir, wherever it is
-    build.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building examples/courier_child failed");
-    assert!(path.exists(), "{} missing after the build", path.display());
-    path
+    workspace_program(Program::Example, "courier_child")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

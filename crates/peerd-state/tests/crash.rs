@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use peerd_announce::History;
 use peerd_core::{Candidate, Identity, PeerName, PublicKey};
 use peerd_state::{OutboxState, Policy, StateError, Store};
+use peerd_testkit::{Program, workspace_program};
 
 fn t(s: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(1_800_000_000 + s)
@@ -40,33 +41,7 @@ fn step_of(c: &Candidate) -> u32 {
 
 /// The writer example, built in this test's target dir.
 fn writer_binary() -> std::path::PathBuf {
-    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().expect("this test binary");
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .expect("target/<profile>")
-                .to_owned();
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "-p", "peerd-state", "--example", "crash_writer"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            build.env(
-                "CARGO_TARGET_DIR",
-                profile_dir.parent().expect("the target dir"),
-            );
-            assert!(
-                build.status().expect("cargo runs").success(),
-                "building examples/crash_writer failed"
-            );
-            let path = profile_dir.join("examples").join("crash_writer");
-            assert!(path.exists(), "{} missing after the build", path.display());
-            path
-        })
-        .clone()
+    workspace_program(Program::Example, "crash_writer")
 }
 
 struct Reported {

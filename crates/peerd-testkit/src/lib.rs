@@ -49,14 +49,18 @@
 //! - `stack`: starting, stopping and describing a stack ([`MailStack`], [`Ports`], [`Options`]).
 //! - `imap`: mailbox inspection over IMAPS ([`StoredMail`]).
 //! - `smtp`: a minimal SMTP client for injecting mail ([`SmtpSecurity`]).
+//! - `programs`: workspace binaries and examples a test runs as child
+//!   processes, built in the test's target dir ([`workspace_program`]).
 
 mod error;
 mod imap;
+mod programs;
 mod smtp;
 mod stack;
 
 pub use error::Error;
 pub use imap::{ImapSession, StoredMail};
+pub use programs::{Program, workspace_program};
 pub use smtp::SmtpSecurity;
 pub use stack::{MailStack, Options, Ports};
 

@@ -34,10 +34,11 @@ use std::os::unix::net::UnixDatagram;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Output, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dbus_bus::{Policy, TestBus};
+use peerd_testkit::{Program, workspace_program};
 use serde_json::Value;
 
 const DEST: &str = "org.peerd.Peerd1";
@@ -242,26 +243,9 @@ fn keygen(key_file: &Path) -> String {
         .to_owned()
 }
 
-/// `peerctl` of this workspace, built once per test binary into the same
-/// target directory (it is another package's binary).
+/// `peerctl` of this workspace, built in this test's target dir.
 fn peerctl_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            // target/<profile>/deps/e2e_dbus-HASH
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-            let mut build = Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "peerctl", "--bin", "peerctl"]);
-            if profile_dir.file_name().is_some_and(|n| n == "release") {
-                build.arg("--release");
-            }
-            build.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building peerctl failed");
-            profile_dir.join("peerctl")
-        })
-        .clone()
+    workspace_program(Program::Bin, "peerctl")
 }
 
 /// The `[[peer]]` of alice's config: hitoshi, whose daemon is never

@@ -10,12 +10,12 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use peerd_config::{LinkConfig, LinkDriver, WatchedInterface};
 use peerd_core::{AddressClass, AddressFlags, AddressSnapshot, InterfaceAddress};
 use peerd_link::{Backoff, LinkEvent, LinkState, Tuning};
+use peerd_testkit::{Program, workspace_program};
 use tokio::sync::{broadcast, watch};
 
 /// Fails (never skips) without root: these tests create network
@@ -84,35 +84,10 @@ pub fn interface_exists(ifname: &str) -> bool {
         .success()
 }
 
-/// The stand-in (`examples/pppd_standin.rs`), built once per test binary
-/// in this test's target dir.
+/// The stand-in (`examples/pppd_standin.rs`), built in this test's
+/// target dir.
 pub fn standin_binary() -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-            let path = profile_dir.join("examples").join("pppd_standin");
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut build = Command::new(env!("CARGO"));
-            build.args([
-                "build",
-                "--quiet",
-                "-p",
-                "peerd-link",
-                "--example",
-                "pppd_standin",
-            ]);
-            if release {
-                build.arg("--release");
-            }
-            build.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building examples/pppd_standin failed");
-            assert!(path.exists(), "{} missing after the build", path.display());
-            path
-        })
-        .clone()
+    workspace_program(Program::Example, "pppd_standin")
 }
 
 /// A plan directory for the stand-in: `DIR/pppd` (a symlink to it),

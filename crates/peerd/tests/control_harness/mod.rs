@@ -28,6 +28,7 @@ use peerd_control::{
     PeerFormat, PeerInfo, PeerSource, PeerState, SessionInfo, StatusInfo, Timestamp,
 };
 use peerd_core::{AddressClass, CandidateKind, Identity, PeerName, ServiceName};
+use peerd_testkit::{Program, workspace_program};
 use tokio::io::DuplexStream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -594,18 +595,7 @@ pub fn peerctl_binary() -> PathBuf {
     static BUILT: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let exe = std::env::current_exe().unwrap();
-            let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-            let release = profile_dir.file_name().is_some_and(|n| n == "release");
-            let mut build = std::process::Command::new(env!("CARGO"));
-            build.args(["build", "--quiet", "-p", "peerctl", "--bin", "peerctl"]);
-            if release {
-                build.arg("--release");
-            }
-            build.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-            let status = build.status().expect("cargo runs");
-            assert!(status.success(), "building peerctl failed");
-            let built = profile_dir.join("peerctl");
+            let built = workspace_program(Program::Bin, "peerctl");
             let dir = open_dir();
             let copy = dir.path().join("peerctl");
             fs::copy(&built, &copy).unwrap();

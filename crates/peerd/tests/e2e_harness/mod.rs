@@ -58,7 +58,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use peerd_testkit::MailStack;
+use peerd_testkit::{MailStack, Program, workspace_program};
 use serde_json::Value;
 
 /// How long a daemon may take to become ready.
@@ -152,10 +152,10 @@ pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
     })
 }
 
-/// A binary of another package of the workspace, built once per test
-/// binary into this test's target dir and copied to a directory every
-/// user may read (the permission test runs peerctl as `nobody`).
-fn workspace_binary(package: &str, kind: &str, name: &str) -> PathBuf {
+/// A program of another package of the workspace, built in this test's
+/// target dir and copied to a directory every user may read (the
+/// permission test runs peerctl as `nobody`).
+fn workspace_binary(kind: Program, name: &str) -> PathBuf {
     static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
     static OPEN_DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
     let mut built = BUILT
@@ -164,22 +164,7 @@ fn workspace_binary(package: &str, kind: &str, name: &str) -> PathBuf {
     if let Some((_, path)) = built.iter().find(|(n, _)| n == name) {
         return path.clone();
     }
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().unwrap().parent().unwrap().to_owned();
-    let release = profile_dir.file_name().is_some_and(|n| n == "release");
-    let mut build = Command::new(env!("CARGO"));
-    build.args(["build", "--quiet", "-p", package, kind, name]);
-    if release {
-        build.arg("--release");
-    }
-    build.env("CARGO_TARGET_DIR", profile_dir.parent().unwrap());
-    let status = build.status().expect("cargo runs");
-    assert!(status.success(), "building {package} {kind} {name} failed");
-    let from = if kind == "--example" {
-        profile_dir.join("examples").join(name)
-    } else {
-        profile_dir.join(name)
-    };
+    let from = workspace_program(kind, name);
     let dir = OPEN_DIR.get_or_init(|| {
         let dir = tempfile::Builder::new()
             .prefix("pe2e-bin-")
@@ -197,12 +182,12 @@ fn workspace_binary(package: &str, kind: &str, name: &str) -> PathBuf {
 
 /// `peerctl`, built for this test.
 pub fn peerctl_binary() -> PathBuf {
-    workspace_binary("peerctl", "--bin", "peerctl")
+    workspace_binary(Program::Bin, "peerctl")
 }
 
 /// The pppd stand-in (`crates/peerd-link/examples/pppd_standin.rs`).
 pub fn pppd_standin_binary() -> PathBuf {
-    workspace_binary("peerd-link", "--example", "pppd_standin")
+    workspace_binary(Program::Example, "pppd_standin")
 }
 
 /// The `peerd` binary under test.
