@@ -197,7 +197,8 @@ pub struct MailboxInfo {
     /// When the next check is due (polling, or an on-demand link's
     /// `check_interval`), if one is scheduled.
     pub next_check: Option<Timestamp>,
-    /// Mails found to be ours but not processed yet.
+    /// Mails the last check found and did not finish with (it broke
+    /// off): the next check examines them again. 0 after a complete check.
     pub pending: u32,
     /// Announcements rejected since the daemon started (bad signature,
     /// unknown key, expired, replayed, ...).

@@ -61,6 +61,11 @@ pub struct CourierState {
     pub connected: bool,
     /// When the mailbox was last checked completely.
     pub last_check: Option<SystemTime>,
+    /// Mails a check found and did not finish with (it broke off): the
+    /// next check examines them again. 0 after a complete check. IMAP
+    /// counts the peerd and accepted-sender mails of the folder being
+    /// scanned; POP3 every message the ledger has not seen.
+    pub pending: usize,
     /// Outbox entries still being worked on.
     pub outbox_size: usize,
     /// The last sending error, if the last send failed.
@@ -326,6 +331,12 @@ impl Shared {
         }
     }
 
+    /// How many mails the check under way has not finished with.
+    fn report_pending(&self, pending: usize) {
+        self.state
+            .send_if_modified(|s| std::mem::replace(&mut s.pending, pending) != pending);
+    }
+
     fn set_error(&self, error: Option<String>) {
         self.state.send_if_modified(|s| {
             let changed = s.last_error != error;
@@ -367,6 +378,7 @@ where
         protocol,
         connected: false,
         last_check: None,
+        pending: 0,
         outbox_size: store.outbox_size().unwrap_or(0),
         last_error: None,
         mailbox_error: None,
@@ -1084,6 +1096,9 @@ async fn imap_session(
                 last_uid = scan.mark.last_uid,
                 "folder scanned"
             );
+            // Earlier folders are done; these stay pending until the
+            // folder's mark moves past them.
+            shared.report_pending(scan.found.len());
             for found in scan.found {
                 let verdict = match &found.raw {
                     Some(raw) => judge(shared, commands, raw),
@@ -1097,6 +1112,7 @@ async fn imap_session(
                 .store
                 .imap_examined(&account, folder, scan.mark.uid_validity, scan.mark.last_uid)
                 .map_err(|e| e.to_string())?;
+            shared.report_pending(0);
         }
         shared.state.send_modify(|s| {
             s.last_check = Some(SystemTime::now());
@@ -1317,6 +1333,7 @@ async fn pop3_polling(
             },
             |raw| judge(shared, commands, raw),
             |size| oversize(shared, size),
+            |pending| shared.report_pending(pending),
         );
         tokio::select! {
             () = shutdown.cancelled() => return Ok(Ended::Shutdown),

@@ -51,12 +51,16 @@ fn interesting(headers: &[u8], senders: &[String]) -> bool {
         .is_some_and(|from| senders.iter().any(|s| s.eq_ignore_ascii_case(from)))
 }
 
-/// Checks the mailbox once.
+/// Checks the mailbox once. `report_pending` hears how many messages are
+/// still to be examined: all the ledger has not seen once the list is in,
+/// 0 once the ledger holds them (until then a broken-off poll leaves them
+/// all for the next).
 pub(crate) async fn poll(
     store: &Store,
     settings: PollSettings<'_>,
     judge: impl Fn(&[u8]) -> Verdict,
     oversize: impl Fn(u64) -> Verdict,
+    report_pending: impl Fn(usize),
 ) -> Result<(), String> {
     let err = |e: peerd_pop3::Error| {
         format!(
@@ -76,6 +80,12 @@ pub(crate) async fn poll(
     let seen = store
         .pop3_seen(settings.account)
         .map_err(|e| e.to_string())?;
+    report_pending(
+        uidls
+            .iter()
+            .filter(|(msg, uidl)| !seen.contains_key(uidl) && sizes.contains_key(msg))
+            .count(),
+    );
     let mut examined: Vec<(String, MailOutcome)> = Vec::new();
     for (msg, uidl) in &uidls {
         if seen.contains_key(uidl) {
@@ -111,6 +121,7 @@ pub(crate) async fn poll(
             now,
         )
         .map_err(|e| e.to_string())?;
+    report_pending(0);
     store
         .retain_pop3(settings.account, uidls.iter().map(|(_, u)| u.as_str()))
         .map_err(|e| e.to_string())?;

@@ -7,6 +7,7 @@
 
 mod common;
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{HostOptions, Incoming, candidate, pair, peer};
@@ -525,4 +526,104 @@ async fn a_reload_with_a_new_peer_takes_effect_without_restart() {
     assert_eq!(from.as_str(), "alice");
     alice.stop().await;
     hitoshi.stop().await;
+}
+
+/// A check that breaks off (the connection drops when the courier moves
+/// or fetches the announcement) leaves the mail where it was and reports
+/// it as pending; the next check examines it again, handles it once, and
+/// pending goes back to 0.
+async fn a_broken_off_check_reports_pending_and_loses_nothing(
+    incoming: Incoming,
+    processed: &'static str,
+    trigger: &'static str,
+) {
+    let stack = MailStack::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let server_port = match incoming {
+        Incoming::Imap => stack.ports().imap,
+        Incoming::Pop3 => stack.ports().pop3,
+    };
+    let relay =
+        common::CuttingRelay::start(SocketAddr::new(stack.addr(), server_port), trigger).await;
+    let hitoshi_opts = HostOptions {
+        incoming,
+        processed,
+        incoming_port: Some(relay.port),
+        incoming_security: "none",
+        ..HostOptions::default()
+    };
+    let (alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
+    let mut state = hitoshi.handle.watch();
+    if incoming == Incoming::Imap {
+        tokio::time::timeout(
+            WITHIN,
+            state.wait_for(|s| s.connected && s.last_check.is_some()),
+        )
+        .await
+        .expect("hitoshi's IMAP session comes up")
+        .unwrap();
+    }
+    alice
+        .handle
+        .announce(None, vec![candidate("203.0.113.41:7447")])
+        .await
+        .unwrap();
+    let user = "hitoshi@isp-b.test";
+    stack
+        .wait_for_count(user, "INBOX", 1, WITHIN)
+        .await
+        .unwrap();
+    if incoming == Incoming::Pop3 {
+        hitoshi.handle.check_now();
+    }
+    tokio::time::timeout(
+        WITHIN,
+        state.wait_for(|s| s.pending == 1 && s.mailbox_error.is_some()),
+    )
+    .await
+    .expect("the broken-off check reports its mail as pending")
+    .unwrap();
+    assert_eq!(relay.cuts(), 1);
+    // nothing was lost: the announcement is still in the mailbox (the
+    // retry comes 2.5 to 5 s after the failure)
+    assert_eq!(stack.fetch_all(user, "INBOX").await.unwrap().len(), 1);
+    // the retry handles it, once
+    let done = tokio::time::timeout(
+        WITHIN,
+        state.wait_for(|s| s.pending == 0 && s.mailbox_error.is_none()),
+    )
+    .await
+    .expect("the next check completes")
+    .unwrap()
+    .clone();
+    assert!(done.last_check.is_some());
+    stack
+        .wait_for_count(user, "INBOX", 0, WITHIN)
+        .await
+        .unwrap();
+    if let Some(folder) = processed.strip_prefix("move:") {
+        stack.wait_for_count(user, folder, 1, WITHIN).await.unwrap();
+    }
+    let mut received = 0;
+    while let Ok(event) = hitoshi.events.try_recv() {
+        if matches!(event, CourierEvent::AnnouncementReceived { .. }) {
+            received += 1;
+        }
+    }
+    // IMAP judged the mail before the move was cut: the second look finds
+    // it in the ledger. POP3 was cut before the body came: judged once.
+    assert_eq!(received, 1, "the announcement is handled exactly once");
+    alice.stop().await;
+    hitoshi.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imap_check_cut_during_the_move_reports_pending_and_loses_nothing() {
+    a_broken_off_check_reports_pending_and_loses_nothing(Incoming::Imap, "move:peerd", "UID MOVE")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pop3_poll_cut_at_the_download_reports_pending_and_loses_nothing() {
+    a_broken_off_check_reports_pending_and_loses_nothing(Incoming::Pop3, "delete", "RETR").await;
 }

@@ -3,14 +3,18 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use peerd_core::{Candidate, CandidateKind, Identity, PeerName};
 use peerd_mail::{CourierError, CourierEvent, CourierHandle};
 use peerd_state::Store;
 use peerd_testkit::MailStack;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -32,6 +36,11 @@ pub struct HostOptions {
     pub auto_connect: bool,
     /// Where SMTP goes (default: the stack's submission port).
     pub smtp_port: Option<u16>,
+    /// Where the mailbox is reached (default: the stack's IMAP or POP3
+    /// port), and with what `security` (default `starttls`; `none` lets a
+    /// test's relay read the commands).
+    pub incoming_port: Option<u16>,
+    pub incoming_security: &'static str,
     pub resend: &'static str,
     pub max_per_hour: u32,
 }
@@ -43,6 +52,8 @@ impl Default for HostOptions {
             processed: "delete",
             auto_connect: true,
             smtp_port: None,
+            incoming_port: None,
+            incoming_security: "starttls",
             resend: "10m",
             max_per_hour: 6,
         }
@@ -106,7 +117,7 @@ ca_file = "{ca}"
 protocol = "{protocol}"
 host = "{addr}"
 port = {port}
-security = "starttls"
+security = "{incoming_security}"
 username = "{me}@{domain}"
 password = "{password}"
 ca_file = "{ca}"
@@ -125,6 +136,8 @@ auto_connect = {auto_connect}
 "#,
         dir = dir.display(),
         smtp = o.smtp_port.unwrap_or(ports.smtp),
+        port = o.incoming_port.unwrap_or(port),
+        incoming_security = o.incoming_security,
         processed = o.processed,
         resend = o.resend,
         max_per_hour = o.max_per_hour,
@@ -299,4 +312,64 @@ pub fn pair(
         hitoshi,
     );
     (a, h)
+}
+
+/// A TCP relay in front of a real mail server that drops the first
+/// connection on which the client sends a command line containing
+/// `trigger` (that line never reaches the server), and relays every other
+/// connection untouched. The client must speak plaintext (`security =
+/// "none"`) for the relay to read its commands.
+pub struct CuttingRelay {
+    pub port: u16,
+    cuts: Arc<AtomicUsize>,
+}
+
+impl CuttingRelay {
+    pub async fn start(upstream: SocketAddr, trigger: &'static str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&cuts);
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (client_rx, mut client_tx) = client.into_split();
+                    let (mut server_rx, mut server_tx) = server.into_split();
+                    let down = tokio::spawn(async move {
+                        let _ = tokio::io::copy(&mut server_rx, &mut client_tx).await;
+                    });
+                    let mut lines = BufReader::new(client_rx);
+                    let mut line = Vec::new();
+                    loop {
+                        line.clear();
+                        match lines.read_until(b'\n', &mut line).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) => {},
+                        }
+                        let cut = String::from_utf8_lossy(&line)
+                            .to_ascii_uppercase()
+                            .contains(trigger)
+                            && counter
+                                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                                .is_ok();
+                        if cut || server_tx.write_all(&line).await.is_err() {
+                            break;
+                        }
+                    }
+                    // both directions end: the client sees the connection drop
+                    down.abort();
+                });
+            }
+        });
+        Self { port, cuts }
+    }
+
+    /// How many connections were cut (0 or 1).
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(Ordering::SeqCst)
+    }
 }

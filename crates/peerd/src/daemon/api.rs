@@ -485,7 +485,7 @@ impl ControlApi for DaemonApi {
             connected: courier.connected,
             last_check: courier.last_check.map(Timestamp::from),
             next_check,
-            pending: 0,
+            pending: u32::try_from(courier.pending).unwrap_or(u32::MAX),
             rejected: *self.rejected.borrow(),
             last_error: courier.mailbox_error.clone(),
         };
