@@ -178,6 +178,7 @@ enum Command {
 pub struct LinkHandle {
     commands: mpsc::Sender<Command>,
     state: watch::Receiver<LinkState>,
+    next_check: watch::Receiver<Option<SystemTime>>,
     events: broadcast::Sender<LinkEvent>,
     acquire_timeout: Duration,
 }
@@ -225,6 +226,12 @@ impl LinkHandle {
     /// The current state.
     pub fn state(&self) -> LinkState {
         self.state.borrow().clone()
+    }
+
+    /// When the next periodic mail check dials (an on-demand link's
+    /// `check_interval`); `None` on a link without checks.
+    pub fn next_check(&self) -> Option<SystemTime> {
+        *self.next_check.borrow()
     }
 
     /// A receiver of state changes.
@@ -282,16 +289,6 @@ pub fn spawn_tuned<E>(
 where
     E: From<LinkError> + Send + 'static,
 {
-    let (state_tx, state_rx) = watch::channel(LinkState::Down);
-    let (events, _) = broadcast::channel(64);
-    let (commands_tx, commands_rx) = mpsc::channel(32);
-    let (release_tx, release_rx) = mpsc::unbounded_channel();
-    let handle = LinkHandle {
-        commands: commands_tx,
-        state: state_rx,
-        events: events.clone(),
-        acquire_timeout: tuning.acquire_timeout,
-    };
     let now = Instant::now();
     let checks = Checks {
         next_at: config.dials_on_demand().then(|| {
@@ -304,11 +301,24 @@ where
         running: None,
         counter: 0,
     };
+    let (state_tx, state_rx) = watch::channel(LinkState::Down);
+    let (next_check_tx, next_check_rx) = watch::channel(checks.next_at.map(wall_clock));
+    let (events, _) = broadcast::channel(64);
+    let (commands_tx, commands_rx) = mpsc::channel(32);
+    let (release_tx, release_rx) = mpsc::unbounded_channel();
+    let handle = LinkHandle {
+        commands: commands_tx,
+        state: state_rx,
+        next_check: next_check_rx,
+        events: events.clone(),
+        acquire_timeout: tuning.acquire_timeout,
+    };
     let span = info_span!("link", driver = %config.driver);
     let actor = Actor {
         config: Arc::new(config),
         tuning,
         state: state_tx,
+        next_check: next_check_tx,
         events,
         commands: commands_rx,
         release_tx,
@@ -401,6 +411,8 @@ struct Actor {
     config: Arc<LinkConfig>,
     tuning: Tuning,
     state: watch::Sender<LinkState>,
+    /// `checks.next_at` on the wall clock, for `status`.
+    next_check: watch::Sender<Option<SystemTime>>,
     events: broadcast::Sender<LinkEvent>,
     commands: mpsc::Receiver<Command>,
     /// Cloned into every lease.
@@ -651,8 +663,9 @@ impl Actor {
     }
 
     fn start_check(&mut self) {
-        let now = Instant::now();
-        self.checks.next_at = Some(now + self.config.check_interval);
+        let next = Instant::now() + self.config.check_interval;
+        self.checks.next_at = Some(next);
+        self.next_check.send_replace(Some(wall_clock(next)));
         if self.checks.running.is_some() {
             debug!("A mail check is still running; skipping this one");
             return;
@@ -949,6 +962,11 @@ impl Actor {
             }
         });
     }
+}
+
+/// `at` on the wall clock, for people (`status`, D-Bus).
+fn wall_clock(at: Instant) -> SystemTime {
+    SystemTime::now() + at.saturating_duration_since(Instant::now())
 }
 
 /// Resolves when the running session's progress changes; never without

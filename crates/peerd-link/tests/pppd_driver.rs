@@ -9,7 +9,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use common::{
     Plan, fast_tuning, in_netns, interface_exists, ip_watcher, is_up_on, link_config, reaped,
@@ -67,6 +67,7 @@ fn comes_up_hangs_up_on_request_and_stays_down() {
         let started = Instant::now();
         wait_state(&mut state, "Up on ppp0", 10, |s| is_up_on(s, "ppp0")).await;
         eprintln!("pppd stand-in to Up: {:?}", started.elapsed());
+        assert_eq!(link.next_check(), None, "a link kept up has no checks");
         assert_eq!(
             events.recv().await.unwrap(),
             LinkEvent::Dialing { failures: 0 }
@@ -429,6 +430,17 @@ fn the_mail_check_dials_waits_for_done_and_hangs_up() {
         .await;
         assert_eq!(check, 1);
         assert!(is_up_on(&link.state(), "ppp0"));
+        // the next one is scheduled check_interval (2.5 s) from this one
+        let next = link
+            .next_check()
+            .expect("an on-demand link schedules checks");
+        let ahead = next
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO);
+        assert!(
+            ahead > Duration::from_millis(1000) && ahead <= Duration::from_millis(2500),
+            "next check in {ahead:?}"
+        );
         let done = Instant::now();
         link.check_done(check).await.unwrap();
         wait_state(&mut state, "Down after the check", 5, |s| {
@@ -450,6 +462,11 @@ fn the_mail_check_dials_waits_for_done_and_hangs_up() {
         .await;
         assert_eq!(check, 2);
         let due = Instant::now();
+        let after = link.next_check().expect("still scheduled");
+        assert!(
+            after.duration_since(next).unwrap_or(Duration::ZERO) >= Duration::from_millis(2000),
+            "check 2 moved the next one on: {next:?} -> {after:?}"
+        );
         link.check_done(1).await.unwrap(); // stale: ignored
         wait_state(&mut state, "Down after the window", 5, |s| {
             *s == LinkState::Down

@@ -23,6 +23,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use e2e_harness::{Host, Link, World, is, show, wait_for};
+use peerd_control::Timestamp;
 
 /// The stand-in's log lines for `host` (`N start ...`, `N up ppp0`,
 /// `N term`, `N exit 5`, ...).
@@ -120,6 +121,19 @@ fn call_reaches_a_callee_that_polls_on_an_on_demand_link_then_both_hang_up() {
     assert!(
         status["mailbox"]["last_check"].is_string(),
         "the check at start is recorded: {status}"
+    );
+    // the next dial for a check: check_interval after the one at start
+    let time = |field: &str| {
+        status["mailbox"][field]
+            .as_str()
+            .and_then(|t| t.parse::<Timestamp>().ok())
+            .unwrap_or_else(|| panic!("mailbox.{field} is a time: {status}"))
+            .unix_secs()
+    };
+    let ahead = time("next_check").saturating_sub(time("last_check"));
+    assert!(
+        (30..=61).contains(&ahead),
+        "next_check is check_interval (1m) after the check at start, not {ahead} s after it: {status}"
     );
 
     alice.start();

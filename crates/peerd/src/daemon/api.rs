@@ -474,11 +474,16 @@ impl ControlApi for DaemonApi {
             IncomingProtocol::Imap => MailProtocol::Imap,
             IncomingProtocol::Pop3 => MailProtocol::Pop3,
         };
-        let next_check = match (protocol, courier.last_check) {
-            (MailProtocol::Pop3, Some(last)) if !self.on_demand() => {
-                Some((last + config.mail.incoming.poll_interval).into())
-            },
-            _ => None,
+        let next_check = if self.on_demand() {
+            // the link manager dials for the next check
+            self.link.next_check().map(Timestamp::from)
+        } else {
+            match (protocol, courier.last_check) {
+                (MailProtocol::Pop3, Some(last)) => {
+                    Some((last + config.mail.incoming.poll_interval).into())
+                },
+                _ => None,
+            }
         };
         let mailbox = MailboxInfo {
             protocol,
