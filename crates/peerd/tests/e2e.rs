@@ -776,6 +776,41 @@ fn sighup_reloads_a_good_config_and_keeps_the_old_one_on_a_broken_one() {
     assert_eq!(alice.pid(), pid, "reloaded in place, not restarted");
 }
 
+/// After a restart the sessions are gone and no mail comes to bring them
+/// back (nobody's address changed): hitoshi dials alice at her last
+/// announced address, which his state database kept.
+#[test]
+fn a_restarted_daemon_dials_its_peers_again() {
+    let world = World::new();
+    let (mut alice, mut hitoshi) = pair(&world);
+    alice.start();
+    hitoshi.start();
+    settle(&alice, &hitoshi);
+    let heard = |host: &Host| {
+        let info = host.peer_info("alice").expect("alice is a peer");
+        (info["announced_at"].clone(), info["addresses"].clone())
+    };
+    let before = heard(&hitoshi);
+    let status = hitoshi.stop();
+    assert_eq!(status.code(), Some(0), "{}", hitoshi.log());
+    wait_for("alice sees the session end", CONNECT, || {
+        alice.session_address("hitoshi").is_none().then_some(())
+    });
+    hitoshi.start();
+    wait_for("hitoshi connected to alice again", CONNECT, || {
+        (hitoshi.session_address("alice")?.ip() == IpAddr::V4(alice.addr)).then_some(())
+    });
+    assert_eq!(
+        heard(&hitoshi),
+        before,
+        "the dial used the announcement from before the restart, no new one"
+    );
+    assert!(
+        alice.session_address("hitoshi").is_some(),
+        "alice has the session too"
+    );
+}
+
 /// `peer add` and `peer remove` change the runtime address book, which
 /// survives a restart of the daemon.
 #[test]

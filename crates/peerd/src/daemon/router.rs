@@ -8,6 +8,7 @@
 //! | connector `Acknowledged` | courier: that announcement arrived, stop re-sending it |
 //! | link `CheckDue` | courier: check the mailbox now; when the check is over, link: `check_done` |
 //! | connector `Connected` | on an on-demand link, a lease held while the session lasts |
+//! | start-up, once we have an address | connector: dial each `auto_connect` peer at its last announced addresses (not on an on-demand link) |
 //!
 //! and each of them, with the link's state changes and rejected mail, as a
 //! control event and a hook.
@@ -90,6 +91,8 @@ pub struct Router {
     /// The task holding each connected peer's session lease.
     session_leases: HashMap<PeerName, AbortHandle>,
     check: Option<PendingCheck>,
+    /// The dial after a restart waits for an address of our own.
+    redial_pending: bool,
 }
 
 impl Router {
@@ -130,6 +133,7 @@ impl Router {
             side: JoinSet::new(),
             session_leases: HashMap::new(),
             check: None,
+            redial_pending: true,
         }
     }
 
@@ -155,6 +159,9 @@ impl Router {
     /// Routes events until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DaemonError> {
         self.announce_at_start().await;
+        if !self.our_candidates().is_empty() {
+            self.redial_at_start();
+        }
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -232,6 +239,47 @@ impl Router {
         self.spawn_announce(candidates);
     }
 
+    /// After a restart the sessions are gone, and a peer whose address did
+    /// not change sends no announcement to bring them back: each
+    /// `auto_connect` peer is dialled at the addresses of its last
+    /// announcement (kept in the state database), once, as soon as we
+    /// have an address of our own. The hello carries that announcement's
+    /// sequence again, which the peer's outbox already has as
+    /// acknowledged. Not on an on-demand link: that would dial the
+    /// metered line for a peer that may be long gone; there the next
+    /// announcement, `peerctl connect` or `call` does it.
+    fn redial_at_start(&mut self) {
+        self.redial_pending = false;
+        if self.on_demand() {
+            return;
+        }
+        let heard = self.heard.borrow().clone();
+        for (peer, last) in heard {
+            if !self.auto_connects(&peer) {
+                continue;
+            }
+            info!(%peer, sequence = last.sequence, "dialling the peer's last announced addresses after the start");
+            let connector = self.connector.clone();
+            self.side.spawn(async move {
+                if let Err(e) = connector
+                    .connect(&peer, last.candidates, last.sequence)
+                    .await
+                {
+                    warn!(%peer, "cannot connect: {e}");
+                }
+            });
+        }
+    }
+
+    /// Whether `peer` is dialled when its announcement arrives.
+    fn auto_connects(&self, peer: &PeerName) -> bool {
+        self.config()
+            .peers
+            .iter()
+            .find(|p| &p.name == peer)
+            .is_some_and(|p| p.auto_connect && p.public_key.is_some())
+    }
+
     fn spawn_announce(&mut self, candidates: Vec<Candidate>) {
         let courier = self.courier.clone();
         self.side.spawn(async move {
@@ -271,8 +319,11 @@ impl Router {
                 warn!("connector: {e}");
             }
         });
+        let candidates = self.our_candidates();
+        if self.redial_pending && !candidates.is_empty() {
+            self.redial_at_start();
+        }
         if self.config().announce.on_change {
-            let candidates = self.our_candidates();
             if candidates.is_empty() {
                 info!("no announceable address: nothing to announce");
             } else {
@@ -364,13 +415,7 @@ impl Router {
             addresses: candidates.iter().map(|c| c.addr).collect(),
             sequence,
         });
-        let config = self.config();
-        let auto = config
-            .peers
-            .iter()
-            .find(|p| p.name == peer)
-            .is_some_and(|p| p.auto_connect && p.public_key.is_some());
-        if !auto {
+        if !self.auto_connects(&peer) {
             debug!(%peer, "announcement received; auto_connect is off");
             return;
         }
