@@ -441,10 +441,13 @@ pub struct AnnounceConfig {
     pub hooks_dir: PathBuf,
 }
 
+/// `[listen] port` when the file does not say (UDP).
+pub const DEFAULT_PORT: u16 = 7447;
+
 /// `[listen]`: the QUIC endpoint peers connect to.
 #[derive(Debug, Clone)]
 pub struct ListenConfig {
-    /// `port` (default 7447, UDP).
+    /// `port` (default [`DEFAULT_PORT`], 7447, UDP).
     pub port: u16,
     /// `addresses` (default `["0.0.0.0", "::"]`): non-empty, no duplicates.
     pub addresses: Vec<IpAddr>,

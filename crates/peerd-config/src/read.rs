@@ -577,7 +577,7 @@ fn announce(c: &mut Collector<'_>, mut s: Section<'_>) -> AnnounceConfig {
 fn listen(c: &mut Collector<'_>, mut s: Section<'_>) -> ListenConfig {
     let port = s
         .field(c, "port", |v| conv::integer::<u16>(v, 1, 65_535))
-        .or(7447);
+        .or(DEFAULT_PORT);
     let addresses = s
         .field(c, "addresses", |v| conv::set(v, values::listen_address))
         .map(strip)

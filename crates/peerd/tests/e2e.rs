@@ -18,8 +18,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e_harness::{Host, NOBODY, Readiness, Stream, World, is, show, wait_for};
+use e2e_harness::{Host, NOBODY, PEER_PORT, Readiness, Stream, World, is, show, wait_for};
 use nix::sys::signal::Signal;
+use peerd_testkit::SmtpSecurity;
 use serde_json::Value;
 
 /// How long mail may take from an address change to the peer's daemon
@@ -809,6 +810,58 @@ fn a_restarted_daemon_dials_its_peers_again() {
         alice.session_address("hitoshi").is_some(),
         "alice has the session too"
     );
+}
+
+/// A plain mail from alice's address that names her address (the
+/// original design: a script of hers mails it) is a hint to hitoshi, who
+/// has `accept_unsigned` for her: he dials it, and the connection is
+/// authenticated by her key as always. Neither daemon announces anything,
+/// so the hint is the only way they meet; the mail, alice's own, stays in
+/// hitoshi's mailbox.
+#[test]
+fn hitoshi_dials_an_unsigned_hint_from_alice() {
+    let world = World::new();
+    let (mut alice, mut hitoshi) = pair(&world);
+    alice.settings.peers[0].announce = false;
+    hitoshi.settings.peers[0].announce = false;
+    hitoshi.settings.peers[0].accept_unsigned = true;
+    alice.start();
+    hitoshi.start();
+    let mail = format!(
+        "From: alice@isp-a.test\r\nTo: hitoshi@isp-b.test\r\nSubject: my address\r\n\
+         Date: Thu, 26 Nov 2026 12:00:00 +0000\r\nMessage-ID: <hint-1@isp-a.test>\r\n\r\n\
+         The box is at {} now.\r\n",
+        alice.addr
+    );
+    world
+        .runtime()
+        .block_on(world.mail().send_via_submission(
+            "alice@isp-a.test",
+            "alice@isp-a.test",
+            &["hitoshi@isp-b.test"],
+            mail.as_bytes(),
+            SmtpSecurity::StartTls,
+        ))
+        .unwrap();
+    wait_for("hitoshi connected to the hinted address", MAIL, || {
+        (hitoshi.session_address("alice")? == std::net::SocketAddr::from((alice.addr, PEER_PORT)))
+            .then_some(())
+    });
+    assert!(
+        hitoshi.log().contains("dialling an unsigned address hint"),
+        "{}",
+        hitoshi.log()
+    );
+    assert_eq!(
+        hitoshi.peer_info("alice").unwrap()["announced_at"],
+        Value::Null,
+        "a hint is not remembered as an announcement"
+    );
+    let kept = world
+        .runtime()
+        .block_on(world.mail().fetch_all("hitoshi@isp-b.test", "INBOX"))
+        .unwrap();
+    assert_eq!(kept.len(), 1, "the plain mail is alice's own: it stays");
 }
 
 /// `peer add` and `peer remove` change the runtime address book, which

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | watcher `AddressChanged` | connector: the dialling sockets move (migration); courier: the mailbox session and a mail in flight start again from the new address, and an announcement goes to every `announce = true` peer (`announce.on_change`) |
 //! | courier `AnnouncementReceived` | remembered as the peer's last announced addresses; connector: dial them when the peer has `auto_connect` (the hello carries the sequence as our ack) |
+//! | courier `HintReceived` (plain mail, `accept_unsigned`) | connector: dial the address when the peer has `auto_connect`, at most once a minute per peer, never replacing a session; not remembered |
 //! | connector `Acknowledged` | courier: that announcement arrived, stop re-sending it |
 //! | link `CheckDue` | courier: check the mailbox now; when the check is over, link: `check_done` |
 //! | connector `Connected` | on an on-demand link, a lease held while the session lasts |
@@ -25,13 +26,14 @@
 //! the last session ends the link hangs up after `idle_hangup`.
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use peerd_addr::{AddressEvent, WatcherHandle};
 use peerd_connect::{ConnectEvent, ConnectorHandle, PeerState as ConnState};
 use peerd_control::{CandidateInfo, Event, EventKind, LinkState as InfoLinkState};
-use peerd_core::{Candidate, PeerName};
+use peerd_core::{Candidate, CandidateKind, PeerName};
 use peerd_link::{Lease, LinkEvent, LinkHandle, LinkState};
 use peerd_mail::{CourierEvent, CourierHandle, CourierState};
 use peerd_state::{LastAnnounced, Store};
@@ -53,6 +55,13 @@ const LEASE_WAIT: Duration = Duration::from_secs(5);
 /// gives up on an attempt after 10 s); once connected, the session's own
 /// lease takes over.
 const DIAL_LEASE_HOLD: Duration = Duration::from_secs(15);
+
+/// At most one dial per peer from unsigned address hints this often.
+const HINT_DIAL_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What a dial from a hint acknowledges: nothing (sequences start at 1),
+/// and as no newer sequence it never replaces a session.
+const HINT_SEQUENCE: u64 = 0;
 
 /// A peer's last verified announcement (persisted, so it outlives a
 /// restart).
@@ -93,6 +102,8 @@ pub struct Router {
     check: Option<PendingCheck>,
     /// The dial after a restart waits for an address of our own.
     redial_pending: bool,
+    /// When each peer was last dialled from an unsigned hint.
+    hint_dials: HashMap<PeerName, Instant>,
 }
 
 impl Router {
@@ -134,6 +145,7 @@ impl Router {
             session_leases: HashMap::new(),
             check: None,
             redial_pending: true,
+            hint_dials: HashMap::new(),
         }
     }
 
@@ -367,9 +379,7 @@ impl Router {
             CourierEvent::AckReceived { peer, sequence } => {
                 debug!(%peer, sequence, "acknowledged by mail");
             },
-            CourierEvent::HintReceived { peer, ip, port } => {
-                info!(%peer, %ip, ?port, "unsigned address hint received (not acted on)");
-            },
+            CourierEvent::HintReceived { peer, ip, port } => self.on_hint(peer, ip, port).await,
             CourierEvent::AnnouncementRejected { peer, from, reason } => {
                 self.rejected.send_modify(|n| *n += 1);
                 // The name is ours (found by the sealing key); the From
@@ -419,6 +429,51 @@ impl Router {
             debug!(%peer, "announcement received; auto_connect is off");
             return;
         }
+        self.dial(peer, candidates, sequence).await;
+    }
+
+    /// An address in a plain mail from an `accept_unsigned` peer (the
+    /// spoofable original design). It is dialled like an announcement
+    /// with three limits: the connection is still authenticated by the
+    /// peer's key (a forged hint costs a failed handshake, nothing else);
+    /// at most one dial per peer per [`HINT_DIAL_INTERVAL`]; and a hint
+    /// never overrides a sealed announcement: it is not remembered as
+    /// the peer's addresses, and it dials with sequence 0, which the
+    /// connector never lets replace a session or a dial under way.
+    async fn on_hint(&mut self, peer: PeerName, ip: IpAddr, port: Option<u16>) {
+        if !self.auto_connects(&peer) {
+            info!(%peer, %ip, ?port, "unsigned address hint received; auto_connect is off");
+            return;
+        }
+        let now = Instant::now();
+        if let Some(last) = self.hint_dials.get(&peer)
+            && now.duration_since(*last) < HINT_DIAL_INTERVAL
+        {
+            info!(%peer, %ip, "unsigned address hint not dialled: one dial per {HINT_DIAL_INTERVAL:?}");
+            return;
+        }
+        // The port the mail named, else the one of the peer's last sealed
+        // announcement, else the default.
+        let port = port
+            .or_else(|| {
+                self.heard
+                    .borrow()
+                    .get(&peer)
+                    .and_then(|h| h.candidates.first())
+                    .map(|c| c.addr.port())
+            })
+            .unwrap_or(peerd_config::DEFAULT_PORT);
+        let Some(candidate) = Candidate::new(SocketAddr::new(ip, port), CandidateKind::Host) else {
+            info!(%peer, %ip, "unsigned address hint not dialled: not a routable address");
+            return;
+        };
+        info!(%peer, address = %candidate.addr, "dialling an unsigned address hint");
+        self.hint_dials.insert(peer.clone(), now);
+        self.dial(peer, vec![candidate], HINT_SEQUENCE).await;
+    }
+
+    /// Dials `peer` at `candidates`, the hello acknowledging `sequence`.
+    async fn dial(&mut self, peer: PeerName, candidates: Vec<Candidate>, sequence: u64) {
         // Taken here, in order, so that a mail check is not declared done
         // (and the link hung up) before the dial holds the link.
         let lease = if self.on_demand() {

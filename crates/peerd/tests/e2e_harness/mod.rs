@@ -523,6 +523,8 @@ pub struct PeerEntry {
     pub auto_connect: bool,
     /// `announce`.
     pub announce: bool,
+    /// `accept_unsigned`.
+    pub accept_unsigned: bool,
 }
 
 /// What goes into a host's `peerd.toml`; tests change it before
@@ -623,6 +625,7 @@ impl Host {
             key: other.key.clone(),
             auto_connect: true,
             announce: true,
+            accept_unsigned: false,
         });
     }
 
@@ -768,8 +771,8 @@ idle_timeout = "{idle}"
         for p in &s.peers {
             let _ = write!(
                 t,
-                "\n[[peer]]\nname = \"{}\"\nemail = \"{}\"\npublic_key = \"{}\"\nauto_connect = {}\nannounce = {}\n",
-                p.name, p.email, p.key, p.auto_connect, p.announce
+                "\n[[peer]]\nname = \"{}\"\nemail = \"{}\"\npublic_key = \"{}\"\nauto_connect = {}\nannounce = {}\naccept_unsigned = {}\n",
+                p.name, p.email, p.key, p.auto_connect, p.announce, p.accept_unsigned
             );
         }
         for (name, target, peers) in &s.services {
