@@ -29,14 +29,7 @@ async fn announce_and_receive(incoming: Incoming, processed: &'static str) {
     let (mut alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
     // hitoshi is connected before anything is sent (IDLE running)
     if incoming == Incoming::Imap {
-        let mut state = hitoshi.handle.watch();
-        tokio::time::timeout(
-            WITHIN,
-            state.wait_for(|s| s.connected && s.last_check.is_some()),
-        )
-        .await
-        .expect("hitoshi's IMAP session comes up")
-        .unwrap();
+        hitoshi.wait_mailbox_session(WITHIN).await;
     }
     let addrs = vec![
         candidate("203.0.113.7:7447"),
@@ -555,13 +548,7 @@ async fn a_broken_off_check_reports_pending_and_loses_nothing(
     let (alice, mut hitoshi) = pair(&stack, dir.path(), &HostOptions::default(), &hitoshi_opts);
     let mut state = hitoshi.handle.watch();
     if incoming == Incoming::Imap {
-        tokio::time::timeout(
-            WITHIN,
-            state.wait_for(|s| s.connected && s.last_check.is_some()),
-        )
-        .await
-        .expect("hitoshi's IMAP session comes up")
-        .unwrap();
+        hitoshi.wait_mailbox_session(WITHIN).await;
     }
     alice
         .handle

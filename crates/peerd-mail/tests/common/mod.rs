@@ -220,6 +220,19 @@ impl Host {
             .unwrap();
     }
 
+    /// Waits until the mailbox session is up and its first check is done
+    /// (over IMAP: IDLE is running, so new mail is seen at once).
+    pub async fn wait_mailbox_session(&self, within: Duration) {
+        let mut state = self.handle.watch();
+        tokio::time::timeout(
+            within,
+            state.wait_for(|s| s.connected && s.last_check.is_some()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{}'s mailbox session comes up", self.name))
+        .unwrap();
+    }
+
     /// Stops the courier and waits for its tasks.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
