@@ -12,46 +12,13 @@ use std::time::{Duration, Instant};
 
 use common::modem::{Answers, FakeModem, ModemSetup};
 use common::{
-    Plan, fast_tuning, in_netns, interface_exists, ip_watcher, is_up_on, link_config, reaped,
-    wait_event, wait_state,
+    Plan, Rig, fast_tuning, in_netns, interface_exists, is_up_on, link_config, reaped, wait_event,
+    wait_state,
 };
 use peerd_config::{LinkConfig, LinkDriver};
 use peerd_link::{
-    FailureReason, LinkError, LinkEvent, LinkHandle, LinkState, ModemFailure, PortOpener,
-    PppdExitCode, Tuning, spawn_tuned,
+    FailureReason, LinkEvent, LinkState, ModemFailure, PortOpener, PppdExitCode, Tuning,
 };
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
-struct Rig {
-    link: LinkHandle,
-    tasks: JoinSet<Result<(), LinkError>>,
-    token: CancellationToken,
-    _watcher: tokio::task::JoinHandle<()>,
-}
-
-impl Rig {
-    fn start(config: LinkConfig, tuning: Tuning) -> Self {
-        let (addresses, watcher) = ip_watcher("ppp0");
-        let mut tasks = JoinSet::new();
-        let token = CancellationToken::new();
-        let link = spawn_tuned(config, addresses, tuning, &mut tasks, token.clone());
-        Self {
-            link,
-            tasks,
-            token,
-            _watcher: watcher,
-        }
-    }
-
-    async fn shut_down(mut self) {
-        self.token.cancel();
-        let joined = tokio::time::timeout(Duration::from_secs(10), self.tasks.join_next())
-            .await
-            .expect("the actor ends within 10 s of the shutdown token");
-        joined.unwrap().unwrap().unwrap();
-    }
-}
 
 fn modem_config(modem: &FakeModem, plan: &Plan) -> LinkConfig {
     let mut config = link_config(LinkDriver::Modem, &plan.program());

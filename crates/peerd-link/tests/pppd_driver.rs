@@ -12,46 +12,11 @@ mod common;
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{
-    Plan, fast_tuning, in_netns, interface_exists, ip_watcher, is_up_on, link_config, reaped,
-    wait_event, wait_state,
+    Plan, Rig, fast_tuning, in_netns, interface_exists, is_up_on, link_config, reaped, wait_event,
+    wait_state,
 };
 use peerd_config::LinkDriver;
-use peerd_link::{
-    FailureReason, LinkError, LinkEvent, LinkHandle, LinkState, PppdExitCode, Tuning, spawn_tuned,
-};
-use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
-
-struct Rig {
-    link: LinkHandle,
-    tasks: JoinSet<Result<(), LinkError>>,
-    token: CancellationToken,
-    _watcher: tokio::task::JoinHandle<()>,
-}
-
-impl Rig {
-    fn start(config: peerd_config::LinkConfig, tuning: Tuning) -> Self {
-        let (addresses, watcher) = ip_watcher("ppp0");
-        let mut tasks = JoinSet::new();
-        let token = CancellationToken::new();
-        let link = spawn_tuned(config, addresses, tuning, &mut tasks, token.clone());
-        Self {
-            link,
-            tasks,
-            token,
-            _watcher: watcher,
-        }
-    }
-
-    /// Cancels the token and waits (bounded) for the actor to finish.
-    async fn shut_down(mut self) {
-        self.token.cancel();
-        let joined = tokio::time::timeout(Duration::from_secs(10), self.tasks.join_next())
-            .await
-            .expect("the actor ends within 10 s of the shutdown token");
-        joined.unwrap().unwrap().unwrap();
-    }
-}
+use peerd_link::{FailureReason, LinkError, LinkEvent, LinkState, PppdExitCode, Tuning};
 
 #[test]
 fn comes_up_hangs_up_on_request_and_stays_down() {

@@ -1,6 +1,7 @@
 //! Shared by the link manager's integration tests: a network namespace
 //! per test, the pppd stand-in and its plan, a small address watcher
-//! that polls `ip`, configuration and waiting helpers.
+//! that polls `ip`, configuration and waiting helpers, and the [`Rig`]
+//! that runs a link manager on them.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
@@ -14,9 +15,11 @@ use std::time::Duration;
 
 use peerd_config::{LinkConfig, LinkDriver, WatchedInterface};
 use peerd_core::{AddressClass, AddressFlags, AddressSnapshot, InterfaceAddress};
-use peerd_link::{Backoff, LinkEvent, LinkState, Tuning};
+use peerd_link::{Backoff, LinkError, LinkEvent, LinkHandle, LinkState, Tuning, spawn_tuned};
 use peerd_testkit::{Program, workspace_program};
 use tokio::sync::{broadcast, watch};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 /// Fails (never skips) without root: these tests create network
 /// namespaces and interfaces, which CI (root) does in the normal test run.
@@ -350,4 +353,37 @@ pub async fn wait_event<T>(
 
 pub fn is_up_on(state: &LinkState, ifname: &str) -> bool {
     matches!(state, LinkState::Up { interface, .. } if interface == ifname)
+}
+
+/// A link manager on `ppp0`, fed by an `ip`-based address watcher, with
+/// its own task set and shutdown token.
+pub struct Rig {
+    pub link: LinkHandle,
+    tasks: JoinSet<Result<(), LinkError>>,
+    token: CancellationToken,
+    _watcher: tokio::task::JoinHandle<()>,
+}
+
+impl Rig {
+    pub fn start(config: LinkConfig, tuning: Tuning) -> Self {
+        let (addresses, watcher) = ip_watcher("ppp0");
+        let mut tasks = JoinSet::new();
+        let token = CancellationToken::new();
+        let link = spawn_tuned(config, addresses, tuning, &mut tasks, token.clone());
+        Self {
+            link,
+            tasks,
+            token,
+            _watcher: watcher,
+        }
+    }
+
+    /// Cancels the token and waits (bounded) for the actor to finish.
+    pub async fn shut_down(mut self) {
+        self.token.cancel();
+        let joined = tokio::time::timeout(Duration::from_secs(10), self.tasks.join_next())
+            .await
+            .expect("the actor ends within 10 s of the shutdown token");
+        joined.unwrap().unwrap().unwrap();
+    }
 }
