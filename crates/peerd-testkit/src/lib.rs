@@ -51,15 +51,19 @@
 //! - `smtp`: a minimal SMTP client for injecting mail ([`SmtpSecurity`]).
 //! - `programs`: workspace binaries and examples a test runs as child
 //!   processes, built in the test's target dir ([`workspace_program`]).
+//! - `netns`: a fresh network namespace per test ([`run_in_fresh_netns`],
+//!   [`enter_fresh_netns`]).
 
 mod error;
 mod imap;
+mod netns;
 mod programs;
 mod smtp;
 mod stack;
 
 pub use error::Error;
 pub use imap::{ImapSession, StoredMail};
+pub use netns::{enter_fresh_netns, run_in_fresh_netns};
 pub use programs::{Program, workspace_program};
 pub use smtp::SmtpSecurity;
 pub use stack::{MailStack, Options, Ports};

@@ -2,7 +2,7 @@
 //! it, and a watcher with helpers that wait for events with a timeout.
 //!
 //! The namespace is made with `unshare(CLONE_NEWNET)` on a thread of its
-//! own, which then builds a current-thread tokio runtime: the runtime, the
+//! own (`peerd_testkit::run_in_fresh_netns`), which then builds a current-thread tokio runtime: the runtime, the
 //! watcher's socket and every `ip` child (forked from that thread) live in
 //! the new namespace, and the namespace, with every veth and tun device in
 //! it, disappears when the thread ends. Nothing is named, so nothing needs
@@ -36,38 +36,7 @@ where
     F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = ()>,
 {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "this test creates a network namespace and needs root (CAP_SYS_ADMIN and \
-         CAP_NET_ADMIN); run `cargo test` as root, as CI does"
-    );
-    let thread = std::thread::Builder::new()
-        .name("netns-test".to_owned())
-        .spawn(move || {
-            if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-                panic!("unshare(CLONE_NEWNET) failed: {e}; the namespace tests need root");
-            }
-            // A child forked from this thread sees the new namespace: only
-            // `lo`. (Were it the host's, the test would stop here.)
-            let links = std::process::Command::new("ip")
-                .args(["-o", "link", "show"])
-                .output()
-                .expect("run ip (iproute2)");
-            let links = String::from_utf8_lossy(&links.stdout);
-            assert!(
-                links.lines().count() == 1 && links.contains(": lo:"),
-                "not in a fresh network namespace: {links}"
-            );
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("tokio runtime");
-            runtime.block_on(test());
-        })
-        .expect("spawn the namespace thread");
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
+    peerd_testkit::run_in_fresh_netns(test);
 }
 
 /// Runs `ip ARGS` (split on whitespace) in the test's namespace; panics

@@ -81,18 +81,7 @@ impl Netns {
         std::thread::Builder::new()
             .name(format!("netns-{name}"))
             .spawn(move || {
-                if let Err(e) = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET) {
-                    panic!("unshare(CLONE_NEWNET) failed: {e}; the namespace tests need root");
-                }
-                let links = std::process::Command::new("ip")
-                    .args(["-o", "link", "show"])
-                    .output()
-                    .expect("run ip (iproute2)");
-                let links = String::from_utf8_lossy(&links.stdout);
-                assert!(
-                    links.lines().count() == 1 && links.contains(": lo:"),
-                    "not in a fresh network namespace: {links}"
-                );
+                peerd_testkit::enter_fresh_netns();
                 let ok = std::process::Command::new("ip")
                     .args(["link", "set", "lo", "up"])
                     .status()

@@ -42,23 +42,10 @@ where
 {
     require_root("a network namespace per test (unshare(CLONE_NEWNET)) and its interfaces");
     init_tracing();
-    let handle = std::thread::Builder::new()
-        .name("netns-test".to_owned())
-        .spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).unwrap_or_else(|e| {
-                panic!("unshare(CLONE_NEWNET) failed: {e} (needs CAP_SYS_ADMIN: run as root)")
-            });
-            run_ip(&["link", "set", "lo", "up"]);
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            runtime.block_on(test());
-        })
-        .unwrap();
-    if let Err(panic) = handle.join() {
-        std::panic::resume_unwind(panic);
-    }
+    peerd_testkit::run_in_fresh_netns(|| async {
+        run_ip(&["link", "set", "lo", "up"]);
+        test().await;
+    });
 }
 
 pub fn init_tracing() {
