@@ -170,10 +170,13 @@ impl Router {
 
     /// Routes events until `shutdown`.
     pub async fn run(mut self, shutdown: CancellationToken) -> Result<(), DaemonError> {
-        self.announce_at_start().await;
-        if !self.our_candidates().is_empty() {
+        // Our addresses are known once the watcher has read the kernel.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.watcher.ready()).await;
+        let candidates = self.our_candidates();
+        if !candidates.is_empty() {
             self.redial_at_start();
         }
+        self.announce_at_start(candidates);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -237,13 +240,10 @@ impl Router {
     /// a restart after an address change that happened while peerd was
     /// down must not leave the peers with the old one. Addresses the
     /// outbox holds already are not sent again.
-    async fn announce_at_start(&mut self) {
+    fn announce_at_start(&mut self, candidates: Vec<Candidate>) {
         if !self.config().announce.on_change {
             return;
         }
-        // The snapshot is read once the watcher has read the kernel.
-        let _ = tokio::time::timeout(Duration::from_secs(5), self.watcher.ready()).await;
-        let candidates = self.our_candidates();
         if candidates.is_empty() {
             debug!("no announceable address at start");
             return;
