@@ -102,8 +102,8 @@ pub struct Router {
     check: Option<PendingCheck>,
     /// The dial after a restart waits for an address of our own.
     redial_pending: bool,
-    /// When each peer was last dialled from an unsigned hint.
-    hint_dials: HashMap<PeerName, Instant>,
+    /// Dials from unsigned hints, limited per peer.
+    hint_dials: HintDials,
 }
 
 impl Router {
@@ -145,7 +145,7 @@ impl Router {
             session_leases: HashMap::new(),
             check: None,
             redial_pending: true,
-            hint_dials: HashMap::new(),
+            hint_dials: HintDials::default(),
         }
     }
 
@@ -445,13 +445,6 @@ impl Router {
             info!(%peer, %ip, ?port, "unsigned address hint received; auto_connect is off");
             return;
         }
-        let now = Instant::now();
-        if let Some(last) = self.hint_dials.get(&peer)
-            && now.duration_since(*last) < HINT_DIAL_INTERVAL
-        {
-            info!(%peer, %ip, "unsigned address hint not dialled: one dial per {HINT_DIAL_INTERVAL:?}");
-            return;
-        }
         // The port the mail named, else the one of the peer's last sealed
         // announcement, else the default.
         let port = port
@@ -467,8 +460,11 @@ impl Router {
             info!(%peer, %ip, "unsigned address hint not dialled: not a routable address");
             return;
         };
+        if !self.hint_dials.allow(&peer, Instant::now()) {
+            info!(%peer, %ip, "unsigned address hint not dialled: one dial per {HINT_DIAL_INTERVAL:?}");
+            return;
+        }
         info!(%peer, address = %candidate.addr, "dialling an unsigned address hint");
-        self.hint_dials.insert(peer.clone(), now);
         self.dial(peer, vec![candidate], HINT_SEQUENCE).await;
     }
 
@@ -668,10 +664,68 @@ impl Router {
     }
 }
 
+/// The rate limit on dials from unsigned hints: one per peer per
+/// [`HINT_DIAL_INTERVAL`], so a stream of forged hints costs at most one
+/// failed handshake a minute.
+#[derive(Debug, Default)]
+struct HintDials {
+    last: HashMap<PeerName, Instant>,
+}
+
+impl HintDials {
+    /// Whether `peer` may be dialled from a hint at `now`; a yes counts
+    /// as the dial.
+    fn allow(&mut self, peer: &PeerName, now: Instant) -> bool {
+        if self
+            .last
+            .get(peer)
+            .is_some_and(|last| now.saturating_duration_since(*last) < HINT_DIAL_INTERVAL)
+        {
+            return false;
+        }
+        self.last.insert(peer.clone(), now);
+        true
+    }
+}
+
 fn infos(candidates: &[Candidate]) -> Vec<CandidateInfo> {
     candidates
         .iter()
         .cloned()
         .map(CandidateInfo::from)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(name: &str) -> PeerName {
+        name.parse().expect("a valid name")
+    }
+
+    #[test]
+    fn hint_dials_are_one_per_peer_per_interval() {
+        let mut dials = HintDials::default();
+        let start = Instant::now();
+        let (alice, bob) = (peer("alice"), peer("bob"));
+        assert!(dials.allow(&alice, start));
+        assert!(!dials.allow(&alice, start + Duration::from_secs(1)));
+        assert!(
+            !dials.allow(
+                &alice,
+                start + HINT_DIAL_INTERVAL - Duration::from_millis(1)
+            ),
+            "still inside the interval"
+        );
+        assert!(
+            dials.allow(&bob, start + Duration::from_secs(1)),
+            "per peer"
+        );
+        assert!(dials.allow(&alice, start + HINT_DIAL_INTERVAL));
+        assert!(
+            !dials.allow(&alice, start + HINT_DIAL_INTERVAL + Duration::from_secs(1)),
+            "the allowed dial starts a new interval"
+        );
+    }
 }
