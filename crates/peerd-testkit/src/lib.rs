@@ -53,6 +53,8 @@
 //!   processes, built in the test's target dir ([`workspace_program`]).
 //! - `netns`: a fresh network namespace per test ([`run_in_fresh_netns`],
 //!   [`enter_fresh_netns`]).
+//! - `wait`: polling with a deadline that says what was awaited
+//!   ([`wait_for`]).
 
 mod error;
 mod imap;
@@ -60,6 +62,7 @@ mod netns;
 mod programs;
 mod smtp;
 mod stack;
+mod wait;
 
 pub use error::Error;
 pub use imap::{ImapSession, StoredMail};
@@ -67,6 +70,7 @@ pub use netns::{enter_fresh_netns, run_in_fresh_netns};
 pub use programs::{Program, workspace_program};
 pub use smtp::SmtpSecurity;
 pub use stack::{MailStack, Options, Ports};
+pub use wait::wait_for;
 
 /// The result of a harness operation.
 pub type Result<T> = std::result::Result<T, Error>;

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use control_harness::{DEADLINE, FakeApi, at, candidate, name, peer_key};
+use control_harness::{DEADLINE, FakeApi, FakeServing, at, candidate, name, peer_key};
 use dbus_bus::{Policy, TestBus, repo};
 use peerd::control::access::AccessPolicy;
 use peerd::dbus::{self, Bus, DbusError};
@@ -46,21 +46,13 @@ struct Daemon {
 impl Daemon {
     fn start(policy: Policy, group: &str) -> Self {
         let bus = TestBus::start(policy);
-        let api = Arc::new(FakeApi::new());
-        let runtime = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        );
-        let shutdown = CancellationToken::new();
-        let thread = {
-            let (api, runtime, shutdown) =
-                (Arc::clone(&api), Arc::clone(&runtime), shutdown.clone());
-            let (bus, policy) = (Bus::Address(bus.address.clone()), AccessPolicy::new(group));
-            std::thread::spawn(move || runtime.block_on(dbus::serve(api, bus, policy, shutdown)))
-        };
+        let (address, policy) = (Bus::Address(bus.address.clone()), AccessPolicy::new(group));
+        let FakeServing {
+            api,
+            runtime,
+            shutdown,
+            thread,
+        } = FakeServing::start(move |api, shutdown| dbus::serve(api, address, policy, shutdown));
         let daemon = Self {
             api,
             runtime,

@@ -38,7 +38,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use dbus_bus::{Policy, TestBus};
-use peerd_testkit::{Program, workspace_program};
+use peerd_testkit::{Program, wait_for, workspace_program};
 use serde_json::Value;
 
 const DEST: &str = "org.peerd.Peerd1";
@@ -76,23 +76,6 @@ fn show(out: &Output) -> String {
         text(&out.stdout),
         text(&out.stderr)
     )
-}
-
-/// Polls `f` until it returns `Some`; panics after `timeout` naming `what`.
-fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(10);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(200));
-    }
 }
 
 fn require_root() {

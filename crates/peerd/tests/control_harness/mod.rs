@@ -282,11 +282,7 @@ impl FakeApi {
 
 /// Polls `done` until it holds, failing the test after [`DEADLINE`].
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    peerd_testkit::wait_for(what, DEADLINE, || done().then_some(()));
 }
 
 impl ControlApi for FakeApi {
@@ -509,6 +505,45 @@ pub fn open_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A server (`serve(api, shutdown)`) over a fresh [`FakeApi`], on a
+/// multi-threaded runtime driven by a thread of its own: the control
+/// socket's and the D-Bus tests both run theirs this way.
+pub struct FakeServing<T> {
+    pub api: Arc<FakeApi>,
+    pub runtime: Arc<tokio::runtime::Runtime>,
+    pub shutdown: CancellationToken,
+    pub thread: std::thread::JoinHandle<T>,
+}
+
+impl<T: Send + 'static> FakeServing<T> {
+    pub fn start<F, Fut>(serve: F) -> Self
+    where
+        F: FnOnce(Arc<FakeApi>, CancellationToken) -> Fut + Send + 'static,
+        Fut: Future<Output = T>,
+    {
+        let api = Arc::new(FakeApi::new());
+        let runtime = Arc::new(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap(),
+        );
+        let shutdown = CancellationToken::new();
+        let thread = {
+            let (api, runtime, shutdown) =
+                (Arc::clone(&api), Arc::clone(&runtime), shutdown.clone());
+            std::thread::spawn(move || runtime.block_on(serve(api, shutdown)))
+        };
+        Self {
+            api,
+            runtime,
+            shutdown,
+            thread,
+        }
+    }
+}
+
 /// The control server on its own runtime thread, serving a [`FakeApi`].
 pub struct Server {
     pub dir: tempfile::TempDir,
@@ -540,20 +575,12 @@ impl Server {
         let config = config(dir.path(), mode, group);
         let socket = control::bind(&config).unwrap().with_limits(limits);
         let path = socket.path().to_owned();
-        let api = Arc::new(FakeApi::new());
-        let runtime = Arc::new(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap(),
-        );
-        let shutdown = CancellationToken::new();
-        let thread = {
-            let (api, runtime, shutdown) =
-                (Arc::clone(&api), Arc::clone(&runtime), shutdown.clone());
-            std::thread::spawn(move || runtime.block_on(socket.serve(api, shutdown)))
-        };
+        let FakeServing {
+            api,
+            runtime,
+            shutdown,
+            thread,
+        } = FakeServing::start(move |api, shutdown| socket.serve(api, shutdown));
         Self {
             dir,
             socket: path,

@@ -58,6 +58,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
+pub use peerd_testkit::wait_for;
 use peerd_testkit::{MailStack, Program, workspace_program};
 use serde_json::Value;
 
@@ -89,24 +90,6 @@ pub fn require_root() {
 /// Whether the heavy variants run (`PEERD_HEAVY=1`).
 pub fn heavy() -> bool {
     std::env::var_os("PEERD_HEAVY").is_some_and(|v| !v.is_empty() && v != "0")
-}
-
-/// Polls `f` until it returns `Some`, or panics after `timeout` saying
-/// what was awaited (and the last thing `f` saw, via `what`).
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(pause);
-        pause = (pause * 2).min(Duration::from_millis(250));
-    }
 }
 
 /// Runs `program args` to completion; panics with its stderr on failure.
